@@ -1,0 +1,98 @@
+"""The full-ranking evaluation protocol (docs/PROTOCOL.md), in one place for every model.
+
+For each user with at least one item in the evaluated split: score all items, mask the
+user's training items (and, only if asked, validation items at test time), take the top
+max(K), and compute binary-relevance metrics against the split. Users are processed in
+batches, so peak memory is O(batch_size x n_items) and never O(n_users x n_items).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from cadmr.config import EvalConfig
+from cadmr.data.dataset import Dataset
+from cadmr.eval.metrics import ranking_metrics
+from cadmr.models.base import Recommender, topk_items
+
+
+def evaluation_users(relevant: sp.csr_matrix) -> np.ndarray:
+    """Users with at least one relevant item, ascending (int64)."""
+    return np.flatnonzero(np.diff(relevant.indptr) > 0).astype(np.int64)
+
+
+def hits_matrix(topk: np.ndarray, users: np.ndarray, relevant: sp.csr_matrix) -> np.ndarray:
+    """(B, K) bool: is ``topk[b, r]`` a relevant item of ``users[b]``? Vectorised lookup."""
+    sub = relevant[users]  # (B, n_items) sparse, sorted indices
+    sub.sort_indices()
+    n_items = relevant.shape[1]
+    row_keys = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(sub.indptr))
+    keys = row_keys * n_items + sub.indices  # sorted
+    query = np.arange(len(users), dtype=np.int64)[:, None] * n_items + topk
+    pos = np.searchsorted(keys, query)
+    pos = np.minimum(pos, max(len(keys) - 1, 0))
+    return keys[pos] == query if len(keys) else np.zeros(topk.shape, dtype=bool)
+
+
+def evaluate(
+    model: Recommender,
+    dataset: Dataset,
+    split: str = "valid",
+    config: EvalConfig | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Mean ranking metrics of ``model`` on ``split`` over all users with relevant items.
+
+    Args:
+        model: A fitted recommender (only its ``score`` is used).
+        dataset: The dataset it was trained on.
+        split: "valid" or "test".
+        config: Cut-offs, user batch size and masking option.
+        progress: Show a progress bar over user batches.
+
+    Returns:
+        ``{"recall@20": ..., "ndcg@10": ..., ..., "n_users": ...}`` (means over users).
+    """
+    if split not in ("valid", "test"):
+        raise ValueError(f"evaluate on 'valid' or 'test', not {split!r}")
+    config = config or EvalConfig()
+    relevant = dataset.split(split)
+    exclude = dataset.train
+    if split == "test" and config.mask_valid_at_test:
+        exclude = sp.csr_matrix(dataset.train + dataset.valid)
+    users = evaluation_users(relevant)
+    n_rel_all = np.diff(relevant.indptr)
+    k_max = min(max(config.ks), dataset.n_items)
+    ks = tuple(k for k in config.ks if k <= k_max)
+    sums: dict[str, float] = {}
+    was_training = getattr(model, "training", False)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    try:
+        with torch.no_grad():
+            model.prepare_scoring()
+            batches = range(0, len(users), config.batch_size)
+            for start in tqdm(batches, desc=f"eval {split}", disable=not progress, leave=False):
+                batch = users[start : start + config.batch_size]
+                scores = model.score(batch)  # (B, n_items)
+                if scores.shape != (len(batch), dataset.n_items):
+                    raise ValueError(
+                        f"{model.name}.score returned {tuple(scores.shape)}, expected "
+                        f"{(len(batch), dataset.n_items)}"
+                    )
+                if torch.isnan(scores).any():
+                    raise FloatingPointError(f"{model.name}.score returned NaN scores")
+                _, top = topk_items(scores.float(), batch, k_max, exclude)
+                hits = hits_matrix(top.numpy(), batch, relevant)
+                for key, vals in ranking_metrics(hits, n_rel_all[batch], ks).items():
+                    sums[key] = sums.get(key, 0.0) + float(vals.sum())
+    finally:
+        if was_training:
+            model.train()
+    n = max(len(users), 1)
+    out = {k: v / n for k, v in sums.items()}
+    out["n_users"] = len(users)
+    return out

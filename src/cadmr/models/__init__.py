@@ -1,0 +1,32 @@
+"""Model registry: an explicit name -> class mapping (no reflection on file names)."""
+
+from __future__ import annotations
+
+from cadmr.models.base import ClosedFormRecommender, Recommender, TorchRecommender
+from cadmr.models.bpr import BPRMF
+from cadmr.models.ease import EASE
+from cadmr.models.lightgcn import LightGCN
+from cadmr.models.popularity import Popularity
+
+MODELS: dict[str, type[Recommender]] = {
+    m.name: m for m in (Popularity, EASE, BPRMF, LightGCN)
+}
+
+
+def get_model_class(name: str) -> type[Recommender]:
+    """The registered class for ``name``; a clear error lists the valid names."""
+    try:
+        return MODELS[name.lower()]
+    except KeyError:
+        raise KeyError(
+            f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}"
+        ) from None
+
+
+__all__ = [
+    "MODELS",
+    "ClosedFormRecommender",
+    "Recommender",
+    "TorchRecommender",
+    "get_model_class",
+]

@@ -1,0 +1,415 @@
+"""One generic trainer for every model.
+
+``run(config, dataset, out_dir)`` trains the model named in the configuration (each point
+of its validation grid, if it has one), stops early on the validation metric, evaluates the
+test split exactly once at the best validation checkpoint, and writes into ``out_dir``:
+
+    config.yaml      the fully resolved configuration
+    train.log        one line per epoch (loss, validation metrics, seconds)
+    history.jsonl    the same as JSON lines
+    last.pt          full training state after the latest epoch (for --resume)
+    best.pt          the best-validation model (for evaluate / recommend)
+    results.json     machine-readable results (schema below)
+    results.md       the results as a Markdown table
+
+With a grid, each point trains in ``out_dir/trials/NNN`` and the best is chosen on
+validation only. ``resume=True`` continues an interrupted run from ``last.pt`` and reuses
+finished trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from cadmr.config import RunConfig, TrainConfig, to_dict
+from cadmr.data.dataset import Dataset
+from cadmr.data.leakage import LeakageGuard
+from cadmr.eval.protocol import evaluate
+from cadmr.models import ClosedFormRecommender, Recommender, TorchRecommender, get_model_class
+from cadmr.train.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+HEADLINE = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (diverged loss, incompatible resume, ...)."""
+
+
+def set_threads(n: int) -> int:
+    """Set torch's intra-op threads (0 = one per available core); returns the count."""
+    n = n or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    return n
+
+
+def build_model(
+    config: RunConfig, params: Any, dataset: Dataset, seed: int | None = None
+) -> Recommender:
+    """Instantiate the configured model with deterministic initial weights."""
+    cls = get_model_class(config.model)
+    if cls.needs_features and not dataset.features:
+        raise TrainingError(f"{cls.name} needs item features; {dataset.name} has none")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed if seed is None else seed)
+        return cls(params, dataset.n_users, dataset.n_items, dataset.modalities)
+
+
+class _Log:
+    """Writes each line to stdout (without breaking progress bars) and to a file."""
+
+    def __init__(self, path: Path, echo: bool) -> None:
+        self.path = path
+        self.echo = echo
+
+    def __call__(self, line: str) -> None:
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+        if self.echo:
+            tqdm.write(line, file=sys.stdout)
+
+
+def _fmt(metrics: dict[str, float], keys: tuple[str, ...] = HEADLINE) -> str:
+    return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
+
+
+def checkpoint_payload(
+    config: RunConfig, params: Any, dataset: Dataset, model: Recommender, **extra: Any
+) -> dict[str, Any]:
+    """What every checkpoint holds: enough to rebuild and verify the model and its data."""
+    return {
+        "format": 1,
+        "config": config.to_dict(),
+        "params": to_dict(params),
+        "dataset_fingerprint": dataset.fingerprint(),
+        "sizes": {"n_users": dataset.n_users, "n_items": dataset.n_items},
+        "feature_dims": dataset.modalities,
+        "model_state": model.state(),
+        **extra,
+    }
+
+
+def fit_trial(
+    config: RunConfig,
+    params: Any,
+    dataset: Dataset,
+    out_dir: Path,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    model: Recommender | None = None,
+) -> dict[str, Any]:
+    """Train one configuration, early-stopped on validation; returns the trial summary.
+
+    The summary (also written to ``out_dir/trial.json``) holds the best validation metrics,
+    the best epoch, mean seconds per epoch and the path of ``best.pt``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = out_dir / "trial.json"
+    if resume and done.exists():
+        summary = json.loads(done.read_text())
+        if summary.get("params") == to_dict(params):
+            log(f"reusing finished trial {out_dir}")
+            return summary
+    guard = LeakageGuard(dataset)
+    if model is None:
+        model = build_model(config, params, dataset)
+    else:
+        model.params = params
+    model.setup(dataset.train, dataset.features, guard)
+    if isinstance(model, ClosedFormRecommender):
+        summary = _fit_closed_form(config, params, dataset, model, out_dir, log)
+    elif isinstance(model, TorchRecommender):
+        summary = _fit_iterative(config, params, dataset, model, out_dir, resume, log)
+    else:
+        raise TypeError(f"{type(model).__name__} is neither closed-form nor a torch model")
+    summary["params"] = to_dict(params)
+    atomic_write_text(done, json.dumps(summary, indent=2))
+    return summary
+
+
+def _fit_closed_form(
+    config: RunConfig,
+    params: Any,
+    dataset: Dataset,
+    model: ClosedFormRecommender,
+    out_dir: Path,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    model.fit()
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    valid = evaluate(model, dataset, "valid", config.eval, progress=config.train.progress)
+    eval_s = time.perf_counter() - t0
+    log(f"{model.name} {_params_str(params)} fit {fit_s:.1f}s | valid {_fmt(valid)}")
+    ckpt = out_dir / "best.pt"
+    save_checkpoint(
+        ckpt,
+        checkpoint_payload(
+            config, params, dataset, model, epoch=0, best_metric=valid[config.eval.valid_metric]
+        ),
+    )
+    return {
+        "best_epoch": 0,
+        "epochs_run": 1,
+        "valid": valid,
+        "seconds_per_epoch": fit_s,
+        "eval_seconds": eval_s,
+        "checkpoint": str(ckpt),
+    }
+
+
+def _params_str(params: Any) -> str:
+    return " ".join(f"{k}={v}" for k, v in to_dict(params).items())
+
+
+def _fit_iterative(
+    config: RunConfig,
+    params: Any,
+    dataset: Dataset,
+    model: TorchRecommender,
+    out_dir: Path,
+    resume: bool,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    tc: TrainConfig = config.train
+    metric = config.eval.valid_metric
+    optimizer = make_optimizer(model, tc)
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)  # dropout and any other torch sampling during training
+    state = {"epoch": 0, "best_metric": -math.inf, "best_epoch": -1, "bad_evals": 0}
+    history: list[dict[str, Any]] = []
+    last, best = out_dir / "last.pt", out_dir / "best.pt"
+    if resume and last.exists():
+        ck = load_checkpoint(last)
+        if ck["params"] != to_dict(params) or ck["dataset_fingerprint"] != dataset.fingerprint():
+            raise TrainingError(f"{last} was written for other parameters or data; cannot resume")
+        model.load_state(ck["model_state"])
+        optimizer.load_state_dict(ck["optimizer"])
+        rng.bit_generator.state = ck["numpy_rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        state = ck["trainer"]
+        history = ck["history"]
+        log(f"resumed from {last} at epoch {state['epoch']}")
+
+    def payload(**extra: Any) -> dict[str, Any]:
+        return checkpoint_payload(
+            config,
+            params,
+            dataset,
+            model,
+            optimizer=optimizer.state_dict(),
+            best_metric=state["best_metric"],
+            **extra,
+        )
+
+    while state["epoch"] < tc.epochs and state["bad_evals"] < tc.patience:
+        epoch = state["epoch"]
+        model.train()
+        t0 = time.perf_counter()
+        total, n_batches = 0.0, 0
+        bar = tqdm(
+            model.batches(rng, tc.batch_size),
+            desc=f"epoch {epoch}",
+            disable=not tc.progress,
+            leave=False,
+        )
+        for batch in bar:
+            optimizer.zero_grad(set_to_none=True)
+            loss = model.loss(batch)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"{model.name}: loss is {loss.item()} at epoch {epoch}, batch {n_batches}; "
+                    "lower train.learning_rate or check the inputs"
+                )
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            n_batches += 1
+        train_s = time.perf_counter() - t0
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": total / max(n_batches, 1),
+            "train_seconds": train_s,
+        }
+        line = f"epoch {epoch:4d} loss {record['loss']:.5f} train {train_s:.1f}s"
+        state["epoch"] = epoch + 1
+        if (epoch + 1) % tc.eval_every == 0 or state["epoch"] == tc.epochs:
+            t0 = time.perf_counter()
+            valid = evaluate(model, dataset, "valid", config.eval)
+            record["eval_seconds"] = time.perf_counter() - t0
+            record["valid"] = valid
+            line += f" eval {record['eval_seconds']:.1f}s | valid {_fmt(valid)}"
+            if valid[metric] > state["best_metric"]:
+                state.update(best_metric=valid[metric], best_epoch=epoch, bad_evals=0)
+                state["best_valid"] = valid
+                save_checkpoint(best, payload(epoch=epoch))
+                line += " *"
+            else:
+                state["bad_evals"] += 1
+        history.append(record)
+        log(line)
+        with open(out_dir / "history.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        save_checkpoint(
+            last,
+            payload(
+                epoch=epoch,
+                numpy_rng=rng.bit_generator.state,
+                torch_rng=torch.get_rng_state(),
+                trainer=dict(state),
+                history=history,
+            ),
+        )
+    if state["best_epoch"] < 0:
+        raise TrainingError("no validation evaluation happened; check train.eval_every")
+    if state["bad_evals"] >= tc.patience:
+        log(f"early stop: no {metric} gain in {tc.patience} evaluations")
+    train_times = [h["train_seconds"] for h in history]
+    eval_times = [h["eval_seconds"] for h in history if "eval_seconds" in h]
+    return {
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "valid": state["best_valid"],
+        "seconds_per_epoch": float(np.mean(train_times)),
+        "eval_seconds": float(np.mean(eval_times)),
+        "checkpoint": str(best),
+    }
+
+
+def make_optimizer(model: TorchRecommender, tc: TrainConfig) -> torch.optim.Optimizer:
+    """The model's own optimizer if it defines one, else Adam with the configured settings."""
+    custom = getattr(model, "make_optimizer", None)
+    if custom is not None:
+        return custom(tc)
+    return torch.optim.Adam(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
+
+
+def load_model(checkpoint: str | Path, dataset: Dataset) -> tuple[Recommender, dict[str, Any]]:
+    """Rebuild a model from a checkpoint for ``dataset``, verifying it is the same data."""
+    ck = load_checkpoint(checkpoint)
+    if ck.get("dataset_fingerprint") != dataset.fingerprint():
+        raise ValueError(
+            f"{checkpoint} was trained on other data (fingerprint "
+            f"{ck.get('dataset_fingerprint')}, this dataset {dataset.fingerprint()})"
+        )
+    cls = get_model_class(ck["config"]["model"])
+    from cadmr.config import from_dict  # noqa: PLC0415 - avoid a cycle at import time
+
+    params = from_dict(cls.params_cls, ck["params"], "params")
+    model = cls(params, dataset.n_users, dataset.n_items, dataset.modalities)
+    model.setup(dataset.train, dataset.features, LeakageGuard(dataset))
+    model.load_state(ck["model_state"])
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    return model, ck
+
+
+def run(
+    config: RunConfig,
+    dataset: Dataset,
+    out_dir: str | Path,
+    resume: bool = False,
+    echo: bool = True,
+) -> dict[str, Any]:
+    """Train (with the validation grid, if any), test once at the best, write results."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = out_dir / "config.yaml"
+    cfg_text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    if resume and cfg_path.exists() and cfg_path.read_text() != cfg_text:
+        raise TrainingError(
+            f"{out_dir} holds a run with another configuration; resume needs the same one"
+        )
+    if not resume and (out_dir / "results.json").exists():
+        raise TrainingError(
+            f"{out_dir} already holds finished results; pass --resume to reuse it or "
+            "choose another --out"
+        )
+    atomic_write_text(cfg_path, cfg_text)
+    log = _Log(out_dir / "train.log", echo)
+    threads = set_threads(config.train.num_threads)
+    log(
+        f"{config.model} on {dataset.name} ({dataset.n_users} users, {dataset.n_items} items, "
+        f"{dataset.train.nnz} train interactions), seed {config.seed}, {threads} threads"
+    )
+
+    trials = list(config.trials())
+    summaries: list[dict[str, Any]] = []
+    shared: Recommender | None = None  # closed-form models refit one instance (reuse caches)
+    for i, params in enumerate(trials):
+        trial_dir = out_dir if len(trials) == 1 else out_dir / "trials" / f"{i:03d}"
+        if len(trials) > 1:
+            log(f"trial {i + 1}/{len(trials)}: {_params_str(params)}")
+        cls = get_model_class(config.model)
+        reuse = shared if issubclass(cls, ClosedFormRecommender) else None
+        if reuse is None and issubclass(cls, ClosedFormRecommender):
+            shared = reuse = build_model(config, params, dataset)
+        summaries.append(fit_trial(config, params, dataset, trial_dir, resume, log, reuse))
+
+    metric = config.eval.valid_metric
+    best_i = max(range(len(summaries)), key=lambda j: summaries[j]["valid"][metric])
+    best = summaries[best_i]
+    model, _ = load_model(best["checkpoint"], dataset)
+    test = evaluate(model, dataset, "test", config.eval, progress=config.train.progress)
+    log(f"best epoch {best['best_epoch']} | valid {_fmt(best['valid'])} | test {_fmt(test)}")
+
+    results = {
+        "model": config.model,
+        "dataset": dataset.name,
+        "dataset_fingerprint": dataset.fingerprint(),
+        "seed": config.seed,
+        "best_epoch": best["best_epoch"],
+        "epochs_run": best["epochs_run"],
+        "params": best["params"],
+        "valid": best["valid"],
+        "test": test,
+        "seconds_per_epoch": best["seconds_per_epoch"],
+        "eval_seconds": best["eval_seconds"],
+        "threads": threads,
+        "checkpoint": best["checkpoint"],
+        "config": config.to_dict(),
+    }
+    if len(trials) > 1:
+        results["search"] = [
+            {"params": s["params"], "valid_" + metric: s["valid"][metric]} for s in summaries
+        ]
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
+    atomic_write_text(out_dir / "results.md", results_markdown([results]))
+    return results
+
+
+def results_markdown(rows: list[dict[str, Any]], keys: tuple[str, ...] = HEADLINE) -> str:
+    """A Markdown table of test metrics (and valid Recall@20) for result dicts."""
+    head = ["model", "dataset", "seed", "best epoch", *[f"test {k}" for k in keys]]
+    head += ["valid recall@20", "s/epoch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], r["dataset"], str(r["seed"]), str(r["best_epoch"])]
+        cells += [f"{r['test'][k]:.4f}" for k in keys]
+        cells += [f"{r['valid'].get('recall@20', float('nan')):.4f}", f"{r['seconds_per_epoch']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_params(config: RunConfig, **changes: Any) -> RunConfig:
+    """A copy of ``config`` with some model parameters changed (and no search)."""
+    return dataclasses.replace(
+        config, params=dataclasses.replace(config.params, **changes), search={}
+    )
