@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -53,7 +54,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "patience", "eval_every")
-        if self.learning_rate <= 0:
+        if not self.learning_rate > 0 or not math.isfinite(self.learning_rate):
             raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate}")
         if self.num_threads < 0:
             raise ConfigError(f"train.num_threads must be >= 0, got {self.num_threads}")
@@ -174,6 +175,10 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, where: str = "") -> Any
     Raises:
         ConfigError: naming the key, the expected type and the value received.
     """
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{where or cls.__name__} must be a mapping of keys to values, got {data!r}"
+        )
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
@@ -237,8 +242,15 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -332,8 +344,7 @@ def build_run_config(
     for k, values in search_raw.items():
         if k not in hints:
             raise ConfigError(
-                f"search.{k} is not a parameter of {model}; "
-                f"valid: {', '.join(sorted(hints))}"
+                f"search.{k} is not a parameter of {model}; valid: {', '.join(sorted(hints))}"
             )
         if isinstance(values, str) or not isinstance(values, list | tuple) or not values:
             raise ConfigError(f"search.{k} must be a non-empty list, got {values!r}")

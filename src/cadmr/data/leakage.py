@@ -48,6 +48,15 @@ class LeakageGuard:
             LeakageError: if any held-out pair is non-zero.
         """
         m = sp.coo_matrix(matrix)
+        u, i = self.n_users, self.n_items
+        expected = {"user_item": (u, i), "item_user": (i, u), "bipartite": (u + i, u + i)}
+        if layout not in expected:
+            raise ValueError(f"unknown layout {layout!r}; expected one of {list(expected)}")
+        if m.shape != expected[layout]:
+            raise ValueError(
+                f"{what}: shape {m.shape} does not match layout {layout!r} "
+                f"(expected {expected[layout]})"
+            )
         rows, cols = m.row.astype(np.int64), m.col.astype(np.int64)
         nz = m.data != 0
         rows, cols = rows[nz], cols[nz]
@@ -60,8 +69,6 @@ class LeakageGuard:
                 np.concatenate([rows[upper], cols[lower]]),
                 np.concatenate([cols[upper], rows[lower]]) - self.n_users,
             )
-        elif layout != "user_item":
-            raise ValueError(f"unknown layout {layout!r}")
         keys = rows * self.n_items + cols
         leaked = np.isin(keys, self._held_out, assume_unique=False)
         if leaked.any():

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from cadmr.config import EvalConfig
 from cadmr.data.dataset import Dataset
-from cadmr.eval.metrics import ranking_metrics
+from cadmr.eval.metrics import METRICS, ranking_metrics
 from cadmr.models.base import Recommender, topk_items
 
 
@@ -54,7 +54,9 @@ def evaluate(
         progress: Show a progress bar over user batches.
 
     Returns:
-        ``{"recall@20": ..., "ndcg@10": ..., ..., "n_users": ...}`` (means over users).
+        ``{"recall@20": ..., "ndcg@10": ..., ..., "n_users": ...}`` (means over users;
+        NaN when no user has an item in the split). A cut-off larger than the catalogue
+        ranks every item.
     """
     if split not in ("valid", "test"):
         raise ValueError(f"evaluate on 'valid' or 'test', not {split!r}")
@@ -65,9 +67,9 @@ def evaluate(
         exclude = sp.csr_matrix(dataset.train + dataset.valid)
     users = evaluation_users(relevant)
     n_rel_all = np.diff(relevant.indptr)
-    k_max = min(max(config.ks), dataset.n_items)
-    ks = tuple(k for k in config.ks if k <= k_max)
-    sums: dict[str, float] = {}
+    ks = config.ks
+    n_top = min(max(ks), dataset.n_items)  # a cut-off beyond the catalogue ranks it all
+    sums: dict[str, float] = dict.fromkeys((f"{m}@{k}" for m in METRICS for k in ks), 0.0)
     was_training = getattr(model, "training", False)
     if isinstance(model, torch.nn.Module):
         model.eval()
@@ -85,14 +87,16 @@ def evaluate(
                     )
                 if torch.isnan(scores).any():
                     raise FloatingPointError(f"{model.name}.score returned NaN scores")
-                _, top = topk_items(scores.float(), batch, k_max, exclude)
-                hits = hits_matrix(top.numpy(), batch, relevant)
+                _, top = topk_items(scores.float(), batch, n_top, exclude)
+                hits = hits_matrix(top.numpy(), batch, relevant)  # (B, n_top)
+                if n_top < max(ks):
+                    hits = np.pad(hits, ((0, 0), (0, max(ks) - n_top)))
                 for key, vals in ranking_metrics(hits, n_rel_all[batch], ks).items():
-                    sums[key] = sums.get(key, 0.0) + float(vals.sum())
+                    sums[key] += float(vals.sum())
     finally:
         if was_training:
             model.train()
-    n = max(len(users), 1)
-    out = {k: v / n for k, v in sums.items()}
+    n = len(users)
+    out = {k: (v / n if n else float("nan")) for k, v in sums.items()}
     out["n_users"] = len(users)
     return out

@@ -8,9 +8,7 @@ from cadmr.models.ease import EASE
 from cadmr.models.lightgcn import LightGCN
 from cadmr.models.popularity import Popularity
 
-MODELS: dict[str, type[Recommender]] = {
-    m.name: m for m in (Popularity, EASE, BPRMF, LightGCN)
-}
+MODELS: dict[str, type[Recommender]] = {m.name: m for m in (Popularity, EASE, BPRMF, LightGCN)}
 
 
 def get_model_class(name: str) -> type[Recommender]:

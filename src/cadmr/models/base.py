@@ -37,9 +37,11 @@ def mask_rows(scores: torch.Tensor, users: np.ndarray, exclude: sp.csr_matrix) -
 def topk_items(
     scores: torch.Tensor, users: np.ndarray, k: int, exclude: sp.csr_matrix | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` (values, item indices), both (B, k), after masking ``exclude``'s items."""
+    """Top-``k`` (values, item indices), both (B, k), after masking ``exclude``'s items.
+
+    ``scores`` is not modified (a model may return a cached tensor)."""
     if exclude is not None:
-        scores = mask_rows(scores, users, exclude)
+        scores = mask_rows(scores.clone(), users, exclude)
     k = min(k, scores.shape[1])
     return torch.topk(scores, k, dim=1, sorted=True)
 
@@ -97,17 +99,18 @@ class Recommender(abc.ABC):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items for ``users``: (items (B, k) int64, scores (B, k) float32).
 
-        Training items are excluded unless ``exclude_seen`` is False.
+        Training items are excluded unless ``exclude_seen`` is False. A user with fewer
+        than ``k`` eligible items gets the row padded with item -1 and score -inf.
         """
         users = np.asarray(users, dtype=np.int64).reshape(-1)
         if len(users) and (users.min() < 0 or users.max() >= self.n_users):
             raise IndexError(f"user ids must lie in 0..{self.n_users - 1}")
         self.prepare_scoring()
         scores = self.score(users)
-        values, items = topk_items(
-            scores, users, k, self.train_matrix if exclude_seen else None
-        )
-        return items.numpy(), values.numpy()
+        values, items = topk_items(scores, users, k, self.train_matrix if exclude_seen else None)
+        items = items.numpy().copy()
+        items[np.isneginf(values.numpy())] = -1
+        return items, values.numpy()
 
     @abc.abstractmethod
     def state(self) -> dict[str, Any]:

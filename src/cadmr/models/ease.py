@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,7 +39,9 @@ class EASEParams:
 class EASE(ClosedFormRecommender):
     name = "ease"
     params_cls = EASEParams
-    default_search = {"reg_weight": (1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0)}
+    default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {
+        "reg_weight": (1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0)
+    }
 
     _gram_cache: tuple[int, torch.Tensor] | None = None
 

@@ -25,7 +25,6 @@ def l2_per_example(*embeddings: torch.Tensor) -> torch.Tensor:
 def normalized_bipartite_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
     """Symmetrically normalised user-item graph D^-1/2 A D^-1/2 of shape (U + I, U + I),
     users first, no self loops (LightGCN, eq. 7). Isolated nodes get zero rows."""
-    n_users, n_items = train.shape
     r = sp.csr_matrix(train, dtype=np.float32)
     a = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
     deg = np.asarray(a.sum(axis=1)).ravel()

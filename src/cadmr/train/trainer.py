@@ -19,7 +19,6 @@ finished trials.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -206,6 +205,9 @@ def _fit_iterative(
         torch.set_rng_state(ck["torch_rng"])
         state = ck["trainer"]
         history = ck["history"]
+        atomic_write_text(
+            out_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history)
+        )
         log(f"resumed from {last} at epoch {state['epoch']}")
 
     def payload(**extra: Any) -> dict[str, Any]:
@@ -265,8 +267,6 @@ def _fit_iterative(
                 state["bad_evals"] += 1
         history.append(record)
         log(line)
-        with open(out_dir / "history.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
         save_checkpoint(
             last,
             payload(
@@ -277,6 +277,8 @@ def _fit_iterative(
                 history=history,
             ),
         )
+        with open(out_dir / "history.jsonl", "a") as f:  # after last.pt: never ahead of it
+            f.write(json.dumps(record) + "\n")
     if state["best_epoch"] < 0:
         raise TrainingError("no validation evaluation happened; check train.eval_every")
     if state["bad_evals"] >= tc.patience:
@@ -310,7 +312,7 @@ def load_model(checkpoint: str | Path, dataset: Dataset) -> tuple[Recommender, d
             f"{ck.get('dataset_fingerprint')}, this dataset {dataset.fingerprint()})"
         )
     cls = get_model_class(ck["config"]["model"])
-    from cadmr.config import from_dict  # noqa: PLC0415 - avoid a cycle at import time
+    from cadmr.config import from_dict
 
     params = from_dict(cls.params_cls, ck["params"], "params")
     model = cls(params, dataset.n_users, dataset.n_items, dataset.modalities)
@@ -369,6 +371,7 @@ def run(
     model, _ = load_model(best["checkpoint"], dataset)
     test = evaluate(model, dataset, "test", config.eval, progress=config.train.progress)
     log(f"best epoch {best['best_epoch']} | valid {_fmt(best['valid'])} | test {_fmt(test)}")
+    popularity = _popularity_reference(config, dataset)
 
     results = {
         "model": config.model,
@@ -385,6 +388,7 @@ def run(
         "threads": threads,
         "checkpoint": best["checkpoint"],
         "config": config.to_dict(),
+        "popularity": popularity,
     }
     if len(trials) > 1:
         results["search"] = [
@@ -395,21 +399,37 @@ def run(
     return results
 
 
+def _popularity_reference(config: RunConfig, dataset: Dataset) -> dict[str, float]:
+    """Test metrics of the popularity baseline, printed beside every result (PROTOCOL.md)."""
+    pop = get_model_class("pop")(None, dataset.n_users, dataset.n_items, dataset.modalities)
+    pop.setup(dataset.train, dataset.features, LeakageGuard(dataset))
+    return evaluate(pop.fit(), dataset, "test", config.eval)
+
+
 def results_markdown(rows: list[dict[str, Any]], keys: tuple[str, ...] = HEADLINE) -> str:
-    """A Markdown table of test metrics (and valid Recall@20) for result dicts."""
+    """A Markdown table of test metrics with the Recall@10 / NDCG@10 ratio (PROTOCOL.md).
+
+    A popularity reference row is added from the first result that carries one, so every
+    table shows the floor any personalised model must clear.
+    """
     head = ["model", "dataset", "seed", "best epoch", *[f"test {k}" for k in keys]]
-    head += ["valid recall@20", "s/epoch"]
+    head += ["R@10/N@10", "valid recall@20", "s/epoch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def row(name: str, r: dict[str, Any], epoch: str, valid: str, secs: str) -> str:
+        t = r["test"]
+        ratio = t["recall@10"] / t["ndcg@10"] if t.get("ndcg@10") else float("nan")
+        cells = [name, r["dataset"], str(r["seed"]), epoch]
+        cells += [f"{t[k]:.4f}" for k in keys] + [f"{ratio:.2f}", valid, secs]
+        return "| " + " | ".join(cells) + " |"
+
     for r in rows:
-        cells = [r["model"], r["dataset"], str(r["seed"]), str(r["best_epoch"])]
-        cells += [f"{r['test'][k]:.4f}" for k in keys]
-        cells += [f"{r['valid'].get('recall@20', float('nan')):.4f}", f"{r['seconds_per_epoch']:.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+        valid = f"{r['valid'].get('recall@20', float('nan')):.4f}"
+        lines.append(
+            row(r["model"], r, str(r["best_epoch"]), valid, f"{r['seconds_per_epoch']:.2f}")
+        )
+    ref = next((r for r in rows if "popularity" in r), None)
+    if ref is not None and not any(r["model"] == "pop" for r in rows):
+        pop = {"test": ref["popularity"], "dataset": ref["dataset"], "seed": ref["seed"]}
+        lines.append(row("pop (reference)", pop, "-", "-", "-"))
     return "\n".join(lines) + "\n"
-
-
-def replace_params(config: RunConfig, **changes: Any) -> RunConfig:
-    """A copy of ``config`` with some model parameters changed (and no search)."""
-    return dataclasses.replace(
-        config, params=dataclasses.replace(config.params, **changes), search={}
-    )

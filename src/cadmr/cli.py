@@ -1,0 +1,226 @@
+"""Command-line interface: parse arguments, call library functions, print.
+
+    cadmr demo                                   the README's main job
+    cadmr train -m MODEL -d DATASET [--config FILE] [--set k=v ...] [--out DIR] [--seed N]
+    cadmr evaluate CHECKPOINT [--split test]
+    cadmr recommend CHECKPOINT --user U [-k 10]
+    cadmr data describe DATASET
+    cadmr models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from cadmr import __version__
+from cadmr.config import ConfigError, EvalConfig
+from cadmr.data.dataset import DataError
+from cadmr.data.leakage import LeakageError
+
+DEMO_MODELS = ("pop", "ease", "bpr", "lightgcn")
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        help="folder holding named datasets (default: $CADMR_DATA_DIR, then ../shared/data)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cadmr", description="Multimodal recommendation with an honest protocol."
+    )
+    parser.add_argument("--version", action="version", version=f"cadmr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train and evaluate one model")
+    p.add_argument("-m", "--model", required=True, help="registered model name (cadmr models)")
+    p.add_argument("-d", "--dataset", required=True, help="dataset folder, name or synthetic-*")
+    p.add_argument("--config", help="experiment YAML merged over the defaults")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set train.epochs=50 --set params.n_layers=3",
+    )
+    p.add_argument("--out", help="output folder (default runs/<dataset>/<model>-seed<N>)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    _add_data_dir(p)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint under the protocol")
+    p.add_argument("checkpoint")
+    p.add_argument("--split", choices=("valid", "test"), default="test")
+    p.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
+    _add_data_dir(p)
+
+    p = sub.add_parser("recommend", help="top-k items for a user from a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--user", type=int, required=True, action="append", help="user id (repeatable)")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--include-seen", action="store_true", help="do not mask training items")
+    p.add_argument("--dataset", help="dataset (default: the one it was trained on)")
+    _add_data_dir(p)
+
+    p = sub.add_parser("data", help="dataset utilities")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("describe", help="sizes, splits, sparsity and modalities of a dataset")
+    d.add_argument("dataset")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_data_dir(d)
+
+    p = sub.add_parser("demo", help="train reference models on the embedded synthetic data")
+    p.add_argument("--dataset", default="synthetic-small")
+    p.add_argument("--models", nargs="+", default=list(DEMO_MODELS))
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--seed", type=int, default=0)
+
+    sub.add_parser("models", help="list registered models")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cadmr.data.sources import resolve_dataset
+    from cadmr.train import resolve_run_config, run
+
+    config = resolve_run_config(args.model, args.dataset, args.config, args.sets, args.seed)
+    if args.quiet:
+        config = _quiet(config)
+    dataset = resolve_dataset(args.dataset, args.data_dir)
+    out = Path(args.out or f"runs/{dataset.name}/{config.model}-seed{config.seed}")
+    results = run(config, dataset, out, resume=args.resume, echo=not args.quiet)
+    from cadmr.train import results_markdown
+
+    print(results_markdown([results]), end="")
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def _quiet(config):
+    import dataclasses
+
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, progress=False))
+
+
+def _load_for_checkpoint(args: argparse.Namespace):
+    from cadmr.data.sources import resolve_dataset
+    from cadmr.train.checkpoint import load_checkpoint
+    from cadmr.train.trainer import load_model
+
+    ck = load_checkpoint(args.checkpoint)
+    dataset = resolve_dataset(args.dataset or ck["config"]["dataset"], args.data_dir)
+    model, ck = load_model(args.checkpoint, dataset)
+    return model, ck, dataset
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cadmr.config import from_dict
+    from cadmr.eval.protocol import evaluate
+
+    model, ck, dataset = _load_for_checkpoint(args)
+    eval_cfg = from_dict(EvalConfig, ck["config"]["eval"], "eval")
+    metrics = evaluate(model, dataset, args.split, eval_cfg, progress=True)
+    print(f"{ck['config']['model']} on {dataset.name}, {args.split} split, "
+          f"{metrics['n_users']} users")
+    for k in eval_cfg.ks:
+        row = "  ".join(f"{m}@{k}={metrics[f'{m}@{k}']:.4f}" for m in
+                        ("recall", "ndcg", "precision", "map", "hit"))
+        print(row)
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    model, _, dataset = _load_for_checkpoint(args)
+    users = np.asarray(args.user, dtype=np.int64)
+    bad = users[(users < 0) | (users >= dataset.n_users)]
+    if len(bad):
+        raise DataError(f"user {int(bad[0])} is not in 0..{dataset.n_users - 1}")
+    items, scores = model.recommend(users, args.k, exclude_seen=not args.include_seen)
+    for u, its, sc in zip(users, items, scores, strict=True):
+        print(f"user {u}: " + ", ".join(f"{i} ({s:.3f})" for i, s in zip(its, sc, strict=True)))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from cadmr.data.describe import describe_text
+    from cadmr.data.sources import resolve_dataset
+
+    dataset = resolve_dataset(args.dataset, args.data_dir)
+    if args.json:
+        print(json.dumps(dataset.describe(), indent=2, default=str))
+    else:
+        print(describe_text(dataset))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cadmr.data.sources import resolve_dataset
+    from cadmr.train import resolve_run_config, results_markdown, run
+
+    t0 = time.perf_counter()
+    dataset = resolve_dataset(args.dataset)
+    print(
+        f"{dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
+        f"{dataset.train.nnz} train / {dataset.valid.nnz} valid / {dataset.test.nnz} test "
+        f"interactions, modalities {dataset.modalities}"
+    )
+    rows = []
+    for name in args.models:
+        config = _quiet(resolve_run_config(name, args.dataset, seed=args.seed))
+        out = Path(args.out) / name
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        rows.append(run(config, dataset, out, echo=False))
+        print(f"  {name:10s} done in {time.perf_counter() - t:5.1f}s")
+    print()
+    print(results_markdown(rows), end="")
+    print(f"\nall runs in {args.out}; {time.perf_counter() - t0:.0f}s in total")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cadmr.models import MODELS
+
+    for name, cls in sorted(MODELS.items()):
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        print(f"{name:10s} {doc}")
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "recommend": cmd_recommend,
+    "data": cmd_data,
+    "demo": cmd_demo,
+    "models": cmd_models,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (DataError, ConfigError, LeakageError, KeyError, FileNotFoundError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"cadmr: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ncadmr: interrupted; finished epochs are saved, continue with --resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

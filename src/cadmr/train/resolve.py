@@ -1,0 +1,47 @@
+"""Resolve a run configuration from the registry, the packaged YAML files and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cadmr.config import RunConfig, build_run_config, load_yaml, parse_sets
+from cadmr.models import get_model_class
+
+PACKAGED = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _dataset_key(dataset: str) -> str:
+    return Path(dataset.rstrip("/")).name
+
+
+def resolve_run_config(
+    model: str,
+    dataset: str,
+    config_file: str | Path | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    seed: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Merge defaults -> dataset YAML -> model YAML -> ``config_file`` -> ``extra`` ->
+    ``sets`` -> ``seed``, and validate the result strictly.
+
+    Packaged YAML files live in ``cadmr/configs/dataset/<name>.yaml`` and
+    ``cadmr/configs/model/<name>.yaml`` and are used when present.
+    """
+    cls = get_model_class(model)
+    layers: list[dict[str, Any]] = []
+    for path in (
+        PACKAGED / "dataset" / f"{_dataset_key(dataset)}.yaml",
+        PACKAGED / "model" / f"{cls.name}.yaml",
+    ):
+        if path.is_file():
+            layers.append(load_yaml(path))
+    if config_file:
+        layers.append(load_yaml(config_file))
+    if extra:
+        layers.append(extra)
+    layers.append(parse_sets(list(sets)))
+    if seed is not None:
+        layers.append({"seed": seed})
+    return build_run_config(cls.name, dataset, cls.params_cls, layers, cls.default_search)

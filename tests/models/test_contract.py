@@ -1,0 +1,174 @@
+"""The shared model contract (STYLE.md), run against every registered model.
+
+A model added to the registry is tested here automatically: score shape and finiteness,
+determinism per seed, a training step lowers the loss, checkpoint round trip, the leakage
+guard on its input, and a known-answer task it must solve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from cadmr.data import Dataset, LeakageError, LeakageGuard
+from cadmr.eval.protocol import evaluate
+from cadmr.models import MODELS, ClosedFormRecommender, TorchRecommender
+from cadmr.train import resolve_run_config, run
+from cadmr.train.trainer import build_model, load_model
+
+ALL = sorted(MODELS)
+TORCH = sorted(n for n, c in MODELS.items() if issubclass(c, TorchRecommender))
+
+# Per-model training settings for the known-answer task (defaults below otherwise).
+KNOWN_ANSWER_SETTINGS: dict[str, dict] = {}
+DEFAULT_SETTINGS = {
+    "train": {"epochs": 100, "batch_size": 64, "learning_rate": 0.05, "patience": 30}
+}
+
+
+def checkerboard(n_per_group: int = 20, items_per_group: int = 15, seed: int = 0) -> Dataset:
+    """Two user groups, two item groups; users interact only within their own group and
+    item features are clustered by group. Each user holds out one valid and one test item."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items = 2 * n_per_group, 2 * items_per_group
+    splits = {
+        s: sp.lil_matrix((n_users, n_items), dtype=np.float32) for s in ("train", "valid", "test")
+    }
+    for u in range(n_users):
+        g = u // n_per_group
+        own = rng.permutation(np.arange(g * items_per_group, (g + 1) * items_per_group))[:9]
+        for i in own[:7]:
+            splits["train"][u, i] = 1
+        splits["valid"][u, own[7]] = 1
+        splits["test"][u, own[8]] = 1
+    group = np.repeat([0, 1], items_per_group)
+    centres = rng.normal(size=(2, 8))
+    feats = {
+        "text": (centres[group] + 0.1 * rng.normal(size=(n_items, 8))).astype(np.float32),
+        "image": (centres[::-1][group] + 0.1 * rng.normal(size=(n_items, 8))).astype(np.float32),
+    }
+    return Dataset.build("checkerboard", {k: v.tocsr() for k, v in splits.items()}, feats)
+
+
+@pytest.fixture(scope="module")
+def board() -> Dataset:
+    return checkerboard()
+
+
+def _config(name: str, **layers):
+    extra = {"train": {"progress": False, **layers.get("train", {})}}
+    extra.update({k: v for k, v in layers.items() if k != "train"})
+    cfg = resolve_run_config(name, "checkerboard", extra=extra)
+    return dataclasses.replace(cfg, search={})
+
+
+def _ready(name: str, data: Dataset, seed: int = 0):
+    cfg = _config(name)
+    model = build_model(cfg, cfg.params, data, seed=seed)
+    model.setup(data.train, data.features, LeakageGuard(data))
+    if isinstance(model, ClosedFormRecommender):
+        model.fit()
+    return model
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_score_shape_and_finite(name, board):
+    model = _ready(name, board)
+    users = np.array([0, 5, 39])
+    model.prepare_scoring()
+    with torch.no_grad():
+        scores = model.score(users)
+    assert scores.shape == (3, board.n_items)
+    assert scores.dtype == torch.float32
+    assert torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_same_seed_same_result(name, board, tmp_path):
+    cfg = _config(name, train={"epochs": 2, "batch_size": 64})
+    a = run(cfg, board, tmp_path / "a", echo=False)
+    b = run(cfg, board, tmp_path / "b", echo=False)
+    assert a["valid"] == b["valid"]
+    assert a["test"] == b["test"]
+
+
+@pytest.mark.parametrize("name", TORCH)
+def test_different_seed_different_init(name, board):
+    a = _ready(name, board, seed=0).state()
+    b = _ready(name, board, seed=1).state()
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+@pytest.mark.parametrize("name", TORCH)
+def test_training_step_lowers_loss(name, board):
+    model = _ready(name, board)
+    rng = np.random.default_rng(0)
+    batch = next(iter(model.batches(rng, 256)))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    before = model.loss(batch).item()
+    for _ in range(5):
+        opt.zero_grad()
+        model.loss(batch).backward()
+        opt.step()
+    assert model.loss(batch).item() < before
+
+
+@pytest.mark.parametrize("name", TORCH)
+def test_every_parameter_gets_a_gradient(name, board):
+    model = _ready(name, board)
+    batch = next(iter(model.batches(np.random.default_rng(0), 10_000)))
+    model.train()
+    model.loss(batch).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_checkpoint_round_trip(name, board, tmp_path):
+    """The saved best model reproduces exactly the validation metrics it was selected by."""
+    cfg = _config(name, train={"epochs": 3})
+    results = run(cfg, board, tmp_path, echo=False)
+    model, ck = load_model(results["checkpoint"], board)
+    assert ck["config"]["model"] == name
+    assert evaluate(model, board, "valid", cfg.eval) == results["valid"]
+    assert evaluate(model, board, "test", cfg.eval) == results["test"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_leaked_pair_in_input_fails(name, board):
+    """A validation pair placed into the matrix given to the model must stop it."""
+    model = build_model(_config(name), _config(name).params, board)
+    v = board.valid.tocoo()
+    one = sp.csr_matrix(([1.0], ([v.row[0]], [v.col[0]])), shape=board.train.shape)
+    leaked = sp.csr_matrix(board.train + one)
+    with pytest.raises(LeakageError, match="validation/test"):
+        model.setup(leaked, board.features, LeakageGuard(board))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_known_answer_task(name, board, tmp_path):
+    """Users must be recommended items of their own group (popularity: the most popular)."""
+    settings = KNOWN_ANSWER_SETTINGS.get(name, DEFAULT_SETTINGS)
+    cfg = _config(name, **settings)
+    if cfg.search:
+        cfg = dataclasses.replace(cfg, search={})
+    results = run(cfg, board, tmp_path, echo=False)
+    model, _ = load_model(results["checkpoint"], board)
+    users = np.arange(board.n_users)
+    items, _ = model.recommend(users, k=5)
+    if not MODELS[name].personalized:
+        counts = np.asarray(board.train.sum(axis=0)).ravel()
+        for u in users:
+            unseen = np.setdiff1d(np.arange(board.n_items), board.train[u].indices)
+            assert counts[items[u, 0]] == counts[unseen].max()
+        return
+    user_group = users // 20
+    item_group = items // 15
+    own = (item_group == user_group[:, None]).mean()
+    assert own >= 0.9, f"{name}: only {own:.0%} of top-5 items are in the user's own group"
+    assert results["test"]["recall@5"] > 0.3

@@ -1,0 +1,180 @@
+"""The generic trainer: early stopping, test-once, results files, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import cadmr.train.checkpoint as checkpoint_mod
+from cadmr.data.synthetic import make_synthetic
+from cadmr.train import TrainingError, load_model, resolve_run_config, run
+from cadmr.train.checkpoint import load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_synthetic("tiny", seed=0)
+
+
+def _cfg(model="bpr", **train):
+    return resolve_run_config(
+        model, "synthetic-tiny", extra={"train": {"progress": False, "batch_size": 128, **train}}
+    )
+
+
+def test_results_files_and_schema(tiny, tmp_path):
+    res = run(_cfg(epochs=4), tiny, tmp_path, echo=False)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(res))
+    for key in ("model", "dataset", "seed", "best_epoch", "valid", "test", "seconds_per_epoch"):
+        assert key in on_disk
+    for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "map@10", "hit@10"):
+        assert 0.0 <= on_disk["test"][k] <= 1.0
+    assert "recall@20" in on_disk["valid"]
+    assert on_disk["config"]["train"]["epochs"] == 4
+    assert on_disk["popularity"]["recall@20"] > 0
+    for name in ("config.yaml", "results.md", "train.log", "history.jsonl", "best.pt", "last.pt"):
+        assert (tmp_path / name).exists(), name
+    assert "| bpr | synthetic-tiny |" in (tmp_path / "results.md").read_text()
+    assert "pop (reference)" in (tmp_path / "results.md").read_text()
+    assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 4
+
+
+def test_test_split_is_evaluated_once_at_best_valid(tiny, tmp_path, monkeypatch):
+    import cadmr.train.trainer as trainer
+
+    calls = []
+    real = trainer.evaluate
+
+    def spy(model, dataset, split="valid", *a, **k):
+        calls.append((split, model.name))
+        return real(model, dataset, split, *a, **k)
+
+    monkeypatch.setattr(trainer, "evaluate", spy)
+    res = run(_cfg(epochs=5), tiny, tmp_path, echo=False)
+    model_test_calls = [c for c in calls if c == ("test", "bpr")]
+    assert len(model_test_calls) == 1
+    history = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
+    best = max(history, key=lambda h: h["valid"]["recall@20"])
+    assert res["best_epoch"] == best["epoch"]
+    assert res["valid"] == best["valid"]
+
+
+def test_early_stopping_respects_patience(tiny, tmp_path):
+    res = run(_cfg(epochs=500, patience=3, learning_rate=0.05), tiny, tmp_path, echo=False)
+    assert res["epochs_run"] == res["best_epoch"] + 1 + 3
+    assert "early stop" in (tmp_path / "train.log").read_text()
+
+
+def test_resume_continues_exactly(tiny, tmp_path, monkeypatch):
+    """Interrupt while the 3rd epoch's state is being saved; resume must match a clean run."""
+    import cadmr.train.trainer as trainer
+
+    cfg = _cfg(epochs=6, patience=100)
+    full = run(cfg, tiny, tmp_path / "full", echo=False)
+    saves = []
+    real_save = trainer.save_checkpoint
+
+    def interrupting_save(path, payload):
+        if path.name == "last.pt":
+            saves.append(path)
+            if len(saves) == 3:
+                raise KeyboardInterrupt
+        real_save(path, payload)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", interrupting_save)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tiny, tmp_path / "part", echo=False)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["trainer"]["epoch"] == 2
+    resumed = run(cfg, tiny, tmp_path / "part", resume=True, echo=False)
+    assert "resumed from" in (tmp_path / "part" / "train.log").read_text()
+    assert resumed["test"] == full["test"]
+    assert resumed["valid"] == full["valid"]
+    assert resumed["best_epoch"] == full["best_epoch"]
+    epochs = [json.loads(x)["epoch"] for x in (tmp_path / "part" / "history.jsonl").open()]
+    assert epochs == list(range(6))
+
+
+def test_resume_refuses_other_config(tiny, tmp_path):
+    run(_cfg(epochs=2), tiny, tmp_path, echo=False)
+    with pytest.raises(TrainingError, match="another configuration"):
+        run(_cfg(epochs=3), tiny, tmp_path, resume=True, echo=False)
+
+
+def test_finished_run_is_not_overwritten(tiny, tmp_path):
+    run(_cfg(epochs=1), tiny, tmp_path, echo=False)
+    with pytest.raises(TrainingError, match="already holds finished results"):
+        run(_cfg(epochs=1), tiny, tmp_path, echo=False)
+
+
+def test_grid_search_selects_on_validation(tiny, tmp_path):
+    cfg = resolve_run_config(
+        "ease",
+        "synthetic-tiny",
+        extra={"train": {"progress": False}},
+        sets=["search.reg_weight=[0.1,10.0,1000.0]"],
+    )
+    res = run(cfg, tiny, tmp_path, echo=False)
+    assert len(res["search"]) == 3
+    best = max(res["search"], key=lambda s: s["valid_recall@20"])
+    assert res["params"] == best["params"]
+    assert (tmp_path / "trials" / "002" / "trial.json").exists()
+    # a resumed grid reuses finished trials
+    (tmp_path / "results.json").unlink()
+    run(cfg, tiny, tmp_path, resume=True, echo=False)
+    assert "reusing finished trial" in (tmp_path / "train.log").read_text()
+
+
+def test_diverging_loss_stops_with_a_clear_error(tiny, tmp_path, monkeypatch):
+    from cadmr.models.bpr import BPRMF
+
+    monkeypatch.setattr(BPRMF, "loss", lambda self, batch: torch.tensor(float("nan")))
+    with pytest.raises(TrainingError, match="loss is nan"):
+        run(_cfg(epochs=2), tiny, tmp_path, echo=False)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"x": torch.ones(3)})
+
+    def crash(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_mod.torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"x": torch.zeros(3)})
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["x"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(b"\x80\x02truncated")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_refuses_other_data(tiny, tmp_path):
+    res = run(_cfg(epochs=1), tiny, tmp_path, echo=False)
+    other = make_synthetic("tiny", seed=1)
+    with pytest.raises(ValueError, match="trained on other data"):
+        load_model(res["checkpoint"], other)
+
+
+def test_same_seed_same_numbers_different_seed_differs(tiny, tmp_path):
+    a = run(_cfg(epochs=3), tiny, tmp_path / "a", echo=False)
+    b = run(_cfg(epochs=3), tiny, tmp_path / "b", echo=False)
+    c_cfg = resolve_run_config(
+        "bpr", "synthetic-tiny", seed=7, extra={"train": {"progress": False, "epochs": 3}}
+    )
+    c = run(c_cfg, tiny, tmp_path / "c", echo=False)
+    assert a["test"] == b["test"]
+    assert a["valid"] != c["valid"] or a["test"] != c["test"]
+    assert np.isfinite(a["seconds_per_epoch"])
