@@ -1,11 +1,11 @@
 """Command-line interface: parse arguments, call library functions, print.
 
-    cadmr demo                                   the README's main job
-    cadmr train -m MODEL -d DATASET [--config FILE] [--set k=v ...] [--out DIR] [--seed N]
-    cadmr evaluate CHECKPOINT [--split test]
-    cadmr recommend CHECKPOINT --user U [-k 10]
-    cadmr data describe DATASET
-    cadmr models
+cadmr demo                                   the README's main job
+cadmr train -m MODEL -d DATASET [--config FILE] [--set k=v ...] [--out DIR] [--seed N]
+cadmr evaluate CHECKPOINT [--split test]
+cadmr recommend CHECKPOINT --user U [-k 10]
+cadmr data describe DATASET
+cadmr models
 """
 
 from __future__ import annotations
@@ -129,11 +129,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, ck, dataset = _load_for_checkpoint(args)
     eval_cfg = from_dict(EvalConfig, ck["config"]["eval"], "eval")
     metrics = evaluate(model, dataset, args.split, eval_cfg, progress=True)
-    print(f"{ck['config']['model']} on {dataset.name}, {args.split} split, "
-          f"{metrics['n_users']} users")
+    print(
+        f"{ck['config']['model']} on {dataset.name}, {args.split} split, {metrics['n_users']} users"
+    )
     for k in eval_cfg.ks:
-        row = "  ".join(f"{m}@{k}={metrics[f'{m}@{k}']:.4f}" for m in
-                        ("recall", "ndcg", "precision", "map", "hit"))
+        row = "  ".join(
+            f"{m}@{k}={metrics[f'{m}@{k}']:.4f}"
+            for m in ("recall", "ndcg", "precision", "map", "hit")
+        )
         print(row)
     return 0
 
@@ -217,8 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cadmr: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ncadmr: interrupted; finished epochs are saved, continue with --resume",
-              file=sys.stderr)
+        print(
+            "\ncadmr: interrupted; finished epochs are saved, continue with --resume",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -205,9 +205,7 @@ def _fit_iterative(
         torch.set_rng_state(ck["torch_rng"])
         state = ck["trainer"]
         history = ck["history"]
-        atomic_write_text(
-            out_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history)
-        )
+        atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         log(f"resumed from {last} at epoch {state['epoch']}")
 
     def payload(**extra: Any) -> dict[str, Any]:

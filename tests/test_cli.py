@@ -1,0 +1,96 @@
+"""The command-line interface end to end on the tiny synthetic preset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cadmr.cli import main
+
+
+def _train(tmp_path, *extra):
+    out = tmp_path / "run"
+    args = ["train", "-m", "bpr", "-d", "synthetic-tiny", "--out", str(out), "--quiet"]
+    args += ["--set", "train.epochs=3", *extra]
+    assert main(args) == 0
+    return out
+
+
+def test_train_evaluate_recommend(tmp_path, capsys):
+    out = _train(tmp_path, "--seed", "3")
+    results = json.loads((out / "results.json").read_text())
+    assert results["seed"] == 3 and results["config"]["train"]["epochs"] == 3
+    printed = capsys.readouterr().out
+    assert "| bpr | synthetic-tiny | 3 |" in printed and "pop (reference)" in printed
+
+    assert main(["evaluate", str(out / "best.pt"), "--split", "test"]) == 0
+    shown = capsys.readouterr().out
+    assert f"recall@20={results['test']['recall@20']:.4f}" in shown
+
+    assert main(["recommend", str(out / "best.pt"), "--user", "0", "--user", "5", "-k", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["user 0", "user 5"]
+    assert lines[0].count("(") == 3
+
+
+def test_recommend_unknown_user_is_an_error(tmp_path, capsys):
+    out = _train(tmp_path)
+    capsys.readouterr()
+    assert main(["recommend", str(out / "best.pt"), "--user", "10000"]) == 2
+    assert "user 10000 is not in 0..59" in capsys.readouterr().err
+
+
+def test_config_file_and_set_precedence(tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("train:\n  epochs: 7\n  batch_size: 64\nparams:\n  embedding_size: 8\n")
+    out = _train(tmp_path, "--config", str(cfg))  # --set train.epochs=3 wins over the file
+    resolved = json.loads((out / "results.json").read_text())["config"]
+    assert resolved["train"]["epochs"] == 3
+    assert resolved["train"]["batch_size"] == 64
+    assert resolved["params"]["embedding_size"] == 8
+    assert (out / "config.yaml").read_text().count("embedding_size: 8") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "-m", "nope", "-d", "synthetic-tiny"], "registered models: bpr, ease"),
+        (["train", "-m", "bpr", "-d", "synthetic-tiny", "--set", "train.epoch=3"], "train.epoch"),
+        (["train", "-m", "bpr", "-d", "no-such-data"], "neither a folder nor a synthetic"),
+        (["data", "describe", "synthetic-huge"], "unknown synthetic preset"),
+        (["evaluate", "missing.pt"], "no checkpoint at missing.pt"),
+    ],
+)
+def test_errors_are_one_clear_line(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cadmr: error:") and message in err
+    assert "Traceback" not in err
+
+
+def test_data_describe(capsys):
+    assert main(["data", "describe", "synthetic-tiny"]) == 0
+    text = capsys.readouterr().out
+    for word in ("users", "items", "train", "valid", "test", "sparsity", "text (64-d)"):
+        assert word in text
+    assert main(["data", "describe", "synthetic-tiny", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["users"] == 60 and info["modalities"] == {"text": 64, "image": 128}
+
+
+def test_demo_prints_a_table(tmp_path, capsys):
+    args = ["demo", "--dataset", "synthetic-tiny", "--models", "pop", "ease"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| pop | synthetic-tiny |" in out and "| ease | synthetic-tiny |" in out
+
+
+def test_console_script_entry_point():
+    res = subprocess.run(
+        [sys.executable, "-m", "cadmr.cli", "--version"], capture_output=True, text=True
+    )
+    assert res.returncode == 0 and res.stdout.startswith("cadmr ")
