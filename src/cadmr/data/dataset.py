@@ -157,7 +157,7 @@ class Dataset:
 
         feats: dict[str, np.ndarray] = {}
         for mod, arr in (features or {}).items():
-            feats[mod] = _check_features(name, mod, arr, n_items)
+            feats[mod] = check_features(name, mod, arr, n_items)
 
         return cls(
             name=name,
@@ -211,7 +211,7 @@ class Dataset:
         }
 
 
-def _check_features(name: str, mod: str, arr: np.ndarray, n_items: int) -> np.ndarray:
+def check_features(name: str, mod: str, arr: np.ndarray, n_items: int) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.ndim != 2:
         raise DataError(

@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cadmr.data.dataset import SPLITS, DataError, Dataset, _check_features, pairs_to_csr
+from cadmr.data.dataset import SPLITS, DataError, Dataset, check_features, pairs_to_csr
 
 __all__ = ["load_dataset", "read_lattice", "read_mmrec", "read_mmssl"]
 
@@ -264,7 +264,7 @@ def _read_features(root: Path, n_items: int) -> dict[str, np.ndarray]:
             raise DataError(f"{path}: expected a single .npy array, got {type(arr).__name__}")
         # Same checks as Dataset.build, but the message names the file.
         with np.errstate(over="ignore"):  # float64 overflow -> inf, reported just below
-            features[modality] = _check_features(str(path), modality, arr, n_items)
+            features[modality] = check_features(str(path), modality, arr, n_items)
     return features
 
 

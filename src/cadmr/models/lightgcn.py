@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-from torch import nn
 
 from cadmr.data.leakage import LeakageGuard
-from cadmr.models.base import TorchRecommender
+from cadmr.models.bpr import BPRMF
 from cadmr.models.layers import (
     bpr_loss,
     l2_per_example,
@@ -25,7 +25,7 @@ from cadmr.models.layers import (
     propagate_mean,
     to_torch_sparse,
 )
-from cadmr.models.sampling import TripletBatch, TripletSampler
+from cadmr.models.sampling import TripletBatch
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,9 @@ class LightGCNParams:
             raise ValueError("embedding_size must be > 0, n_layers >= 0 and reg_weight >= 0")
 
 
-class LightGCN(TorchRecommender):
+class LightGCN(BPRMF):
+    """BPR-MF's ID embeddings and sampler, scored after graph propagation."""
+
     name = "lightgcn"
     params_cls = LightGCNParams
 
@@ -57,10 +59,6 @@ class LightGCN(TorchRecommender):
         feature_dims: Mapping[str, int],
     ) -> None:
         super().__init__(params, n_users, n_items, feature_dims)
-        self.user_emb = nn.Parameter(torch.empty(n_users, params.embedding_size))
-        self.item_emb = nn.Parameter(torch.empty(n_items, params.embedding_size))
-        nn.init.xavier_uniform_(self.user_emb)
-        nn.init.xavier_uniform_(self.item_emb)
         self._final: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def setup(
@@ -69,7 +67,6 @@ class LightGCN(TorchRecommender):
         super().setup(train, features, guard)
         adj = normalized_bipartite_adjacency(self.train_matrix)
         self.adj = to_torch_sparse(guard.check(adj, "LightGCN adjacency", layout="bipartite"))
-        self.sampler = TripletSampler(self.train_matrix)
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         ego = torch.cat([self.user_emb, self.item_emb])  # (U + I, d)
@@ -78,7 +75,7 @@ class LightGCN(TorchRecommender):
 
     def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[TripletBatch]:
         self._final = None  # parameters will change
-        return self.sampler.epoch(rng, batch_size)
+        return super().batches(rng, batch_size)
 
     def loss(self, batch: TripletBatch) -> torch.Tensor:
         users, items = self.propagate()
@@ -99,6 +96,6 @@ class LightGCN(TorchRecommender):
         u, i = self._final
         return u[torch.from_numpy(users)] @ i.T  # (B, n_items)
 
-    def load_state(self, state) -> None:
+    def load_state(self, state: Mapping[str, Any]) -> None:
         super().load_state(state)
         self._final = None
