@@ -85,6 +85,10 @@ def test_score_shape_and_finite(name, board):
     assert scores.shape == (3, board.n_items)
     assert scores.dtype == torch.float32
     assert torch.isfinite(scores).all()
+    # the caller owns the returned tensor (the protocol masks it in place)
+    again = model.score(users)
+    scores.fill_(0)
+    assert torch.isfinite(again).all() and not torch.equal(again, scores)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -85,9 +85,9 @@ def evaluate(
                         f"{model.name}.score returned {tuple(scores.shape)}, expected "
                         f"{(len(batch), dataset.n_items)}"
                     )
-                if torch.isnan(scores).any():
+                values, top = topk_items(scores.float(), batch, n_top, exclude)
+                if torch.isnan(values).any():  # topk ranks NaN first, so this sees any NaN
                     raise FloatingPointError(f"{model.name}.score returned NaN scores")
-                _, top = topk_items(scores.float(), batch, n_top, exclude)
                 hits = hits_matrix(top.numpy(), batch, relevant)  # (B, n_top)
                 if n_top < max(ks):
                     hits = np.pad(hits, ((0, 0), (0, max(ks) - n_top)))

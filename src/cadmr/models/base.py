@@ -37,11 +37,10 @@ def mask_rows(scores: torch.Tensor, users: np.ndarray, exclude: sp.csr_matrix) -
 def topk_items(
     scores: torch.Tensor, users: np.ndarray, k: int, exclude: sp.csr_matrix | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` (values, item indices), both (B, k), after masking ``exclude``'s items.
-
-    ``scores`` is not modified (a model may return a cached tensor)."""
+    """Top-``k`` (values, item indices), both (B, k), after masking ``exclude``'s items
+    in place in ``scores`` (which ``Recommender.score`` hands over to its caller)."""
     if exclude is not None:
-        scores = mask_rows(scores.clone(), users, exclude)
+        scores = mask_rows(scores, users, exclude)
     k = min(k, scores.shape[1])
     return torch.topk(scores, k, dim=1, sorted=True)
 
@@ -88,7 +87,11 @@ class Recommender(abc.ABC):
 
     @abc.abstractmethod
     def score(self, users: np.ndarray) -> torch.Tensor:
-        """Raw scores of every item for ``users`` (B,) -> float32 tensor (B, n_items)."""
+        """Raw scores of every item for ``users`` (B,) -> float32 tensor (B, n_items).
+
+        The tensor belongs to the caller, who may modify it in place (masking): return a
+        new tensor, never a cached one or a view of one.
+        """
 
     def prepare_scoring(self) -> None:  # noqa: B027 - optional hook
         """Hook run once before a round of ``score`` calls (e.g. propagate a graph)."""
