@@ -169,7 +169,13 @@ class Dataset:
         )
 
     def fingerprint(self) -> str:
-        """Short content hash of splits and features: identical data -> identical string."""
+        """Short content hash of splits and features: identical data -> identical string.
+
+        Computed once per object (the data is immutable) and cached.
+        """
+        cached = self.__dict__.get("_fingerprint")
+        if cached is not None:
+            return cached
         h = hashlib.sha256()
         h.update(f"{self.n_users}x{self.n_items}".encode())
         for s in SPLITS:
@@ -180,7 +186,9 @@ class Dataset:
         for mod in sorted(self.features):
             h.update(mod.encode())
             h.update(np.ascontiguousarray(self.features[mod]).tobytes())
-        return h.hexdigest()[:16]
+        digest = h.hexdigest()[:16]
+        self.__dict__["_fingerprint"] = digest  # frozen dataclass: bypass __setattr__
+        return digest
 
     def with_train(self, train: sp.spmatrix, name: str | None = None) -> Dataset:
         """A copy with another training matrix (e.g. a subsampled one); everything revalidated."""

@@ -352,16 +352,14 @@ def run(
 
     trials = list(config.trials())
     summaries: list[dict[str, Any]] = []
-    shared: Recommender | None = None  # closed-form models refit one instance (reuse caches)
+    # closed-form models refit one instance across the grid (EASE reuses its Gram matrix)
+    closed_form = issubclass(get_model_class(config.model), ClosedFormRecommender)
+    shared = build_model(config, config.params, dataset) if closed_form else None
     for i, params in enumerate(trials):
         trial_dir = out_dir if len(trials) == 1 else out_dir / "trials" / f"{i:03d}"
         if len(trials) > 1:
             log(f"trial {i + 1}/{len(trials)}: {_params_str(params)}")
-        cls = get_model_class(config.model)
-        reuse = shared if issubclass(cls, ClosedFormRecommender) else None
-        if reuse is None and issubclass(cls, ClosedFormRecommender):
-            shared = reuse = build_model(config, params, dataset)
-        summaries.append(fit_trial(config, params, dataset, trial_dir, resume, log, reuse))
+        summaries.append(fit_trial(config, params, dataset, trial_dir, resume, log, shared))
 
     metric = config.eval.valid_metric
     best_i = max(range(len(summaries)), key=lambda j: summaries[j]["valid"][metric])
