@@ -24,7 +24,14 @@ ALL = sorted(MODELS)
 TORCH = sorted(n for n, c in MODELS.items() if issubclass(c, TorchRecommender))
 
 # Per-model training settings for the known-answer task (defaults below otherwise).
-KNOWN_ANSWER_SETTINGS: dict[str, dict] = {}
+KNOWN_ANSWER_SETTINGS: dict[str, dict] = {
+    # 30 items are 30 training examples for the item autoencoder: a small network, and
+    # lambda_2 at 1/100 of GLocal-K's, since its loss divides the penalty by I x U = 1,200
+    "kernel_ae": {
+        "params": {"hidden": [32, 32], "lambda_2": 0.2},
+        "train": {"epochs": 60, "batch_size": 8, "learning_rate": 0.01, "patience": 20},
+    },
+}
 DEFAULT_SETTINGS = {
     "train": {"epochs": 100, "batch_size": 64, "learning_rate": 0.05, "patience": 30}
 }

@@ -1,0 +1,168 @@
+"""Local-kernel layer and kernel autoencoder (GLocal-K): known answers and equivalences.
+
+The shared contract (tests/models/test_contract.py) covers the leakage guard, determinism,
+checkpoints and the known-answer task; these are the model's own checks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from cadmr.data import Dataset, LeakageGuard
+from cadmr.models.kernel_ae import ItemBatch, KernelAE, KernelAEParams
+from cadmr.models.layers import LocalKernelLayer, local_kernel, to_torch_sparse
+
+
+def tiny_dataset(n_users: int = 6, n_items: int = 5) -> Dataset:
+    """Each user has two training items, one valid and one test item."""
+    splits = {s: sp.lil_matrix((n_users, n_items), dtype=np.float32) for s in ("tr", "va", "te")}
+    for u in range(n_users):
+        items = [(u + j) % n_items for j in range(4)]
+        splits["tr"][u, items[0]] = 1
+        splits["tr"][u, items[1]] = 1
+        splits["va"][u, items[2]] = 1
+        splits["te"][u, items[3]] = 1
+    return Dataset.build(
+        "tiny",
+        {
+            "train": splits["tr"].tocsr(),
+            "valid": splits["va"].tocsr(),
+            "test": splits["te"].tocsr(),
+        },
+        {},
+    )
+
+
+def ready_model(data: Dataset, **params) -> KernelAE:
+    torch.manual_seed(0)
+    model = KernelAE(KernelAEParams(**params), data.n_users, data.n_items, {})
+    model.setup(data.train, {}, LeakageGuard(data))
+    return model
+
+
+def test_kernel_known_values():
+    u = torch.tensor([[0.0, 0.0], [0.5, 0.0], [1.0, 0.0], [3.0, 4.0]])
+    v = torch.tensor([[0.0, 0.0]])
+    k = local_kernel(u, v)  # squared distances 0, 0.25, 1, 25
+    torch.testing.assert_close(k, torch.tensor([[1.0], [0.75], [0.0], [0.0]]))
+
+
+def test_layer_effective_weight_is_masked_by_kernel():
+    torch.manual_seed(0)
+    layer = LocalKernelLayer(3, 2, kernel_dim=2)
+    with torch.no_grad():
+        layer.u.copy_(torch.tensor([[0.0, 0.0], [0.5, 0.0], [2.0, 0.0]]))
+        layer.v.copy_(torch.tensor([[0.0, 0.0], [0.0, 0.0]]))
+    w = layer.effective_weight()
+    torch.testing.assert_close(w[0], layer.weight[0])
+    torch.testing.assert_close(w[1], 0.75 * layer.weight[1])
+    assert torch.equal(w[2], torch.zeros(2))
+    weight_sq, kernel_sq = layer.penalties()
+    torch.testing.assert_close(weight_sq, layer.weight.pow(2).sum())
+    torch.testing.assert_close(kernel_sq, torch.tensor(2 * (1.0 + 0.75**2)))
+
+
+def test_sparse_input_equals_dense_input():
+    torch.manual_seed(0)
+    layer = LocalKernelLayer(7, 4)
+    dense = sp.random(5, 7, density=0.4, format="csr", random_state=0, dtype=np.float32)
+    out_sparse = layer(to_torch_sparse(dense))
+    out_dense = layer(torch.from_numpy(dense.toarray()))
+    torch.testing.assert_close(out_sparse, out_dense)
+
+
+def test_forward_columns_equals_full_forward():
+    torch.manual_seed(0)
+    layer = LocalKernelLayer(6, 9)
+    x = torch.randn(4, 6)
+    cols = torch.tensor([7, 0, 3])
+    torch.testing.assert_close(layer.forward_columns(x, cols), layer(x)[:, cols])
+
+
+def test_score_equals_columns_of_full_reconstruction():
+    data = tiny_dataset()
+    model = ready_model(data, hidden=(4, 3), kernel_dim=2)
+    users = np.array([4, 0, 2])
+    model.prepare_scoring()
+    scores = model.score(users)  # (B, n_items)
+    with torch.no_grad():
+        full = model(torch.from_numpy(data.train.T.toarray()))  # (n_items, n_users)
+    torch.testing.assert_close(scores, full[:, users].T)
+    assert scores.shape == (3, data.n_items)
+
+
+def test_scoring_cache_is_invalidated_when_training_resumes():
+    data = tiny_dataset()
+    model = ready_model(data, hidden=(4, 3))
+    model.prepare_scoring()
+    before = model.score(np.array([0]))
+    next(iter(model.batches(np.random.default_rng(0), 2)))
+    with torch.no_grad():
+        model.decoder.bias.add_(1.0)
+    torch.testing.assert_close(model.score(np.array([0])), before + 1.0)
+
+
+def test_batches_cover_every_item_once():
+    data = tiny_dataset()
+    model = ready_model(data, hidden=(4, 3))
+    items = np.concatenate([b.items for b in model.batches(np.random.default_rng(1), 2)])
+    assert sorted(items.tolist()) == list(range(data.n_items))
+
+
+@pytest.mark.parametrize("pos_weight", [1.0, 3.0])
+def test_weighted_mse_by_hand(pos_weight):
+    data = tiny_dataset()
+    model = ready_model(data, hidden=(4, 3), pos_weight=pos_weight)
+    out = torch.tensor([[0.5, 0.0], [1.0, 0.25]])
+    target = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # errors^2: 0.25 (positive), 0 (zero), 1 (zero), 0.5625 (positive)
+    expected = (pos_weight * (0.25 + 0.5625) + 0.0 + 1.0) / 4
+    got = model.reconstruction_loss(out, target)
+    torch.testing.assert_close(got, torch.tensor(expected))
+
+
+def test_pos_weight_scales_only_the_positive_errors():
+    data = tiny_dataset()
+    plain = ready_model(data, hidden=(4, 3), lambda_2=0.0, lambda_s=0.0)
+    weighted = ready_model(data, hidden=(4, 3), lambda_2=0.0, lambda_s=0.0, pos_weight=5.0)
+    batch = ItemBatch(np.arange(data.n_items))
+    x, target = plain._rows(batch.items)
+    with torch.no_grad():
+        out = plain(x)
+        sq = (out - target).pow(2)
+        pos, neg = (sq * target).sum(), (sq * (1 - target)).sum()
+        n = sq.numel()
+        torch.testing.assert_close(plain.loss(batch), (pos + neg) / n)
+        torch.testing.assert_close(weighted.loss(batch), (5.0 * pos + neg) / n)
+        assert weighted.loss(batch) > plain.loss(batch)
+
+
+def test_multinomial_loss_by_hand():
+    data = tiny_dataset()
+    model = ready_model(data, hidden=(4, 3), loss="multinomial")
+    out = torch.tensor([[0.0, 0.0], [float(np.log(3.0)), 0.0]])
+    target = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    # -(log 1/2) for row 1; -(log 3/4 + log 1/4) for row 2; mean over the 2 rows
+    expected = (np.log(2.0) - np.log(0.75) - np.log(0.25)) / 2
+    got = model.reconstruction_loss(out, target)
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float32))
+
+
+def test_penalty_scaling():
+    data = tiny_dataset()
+    model = ready_model(data, hidden=(4, 3), lambda_2=2.0, lambda_s=0.5)
+    layers = (*model.encoder, model.decoder)
+    w = sum(layer.weight.pow(2).sum() for layer in layers)
+    k = sum(layer.kernel().pow(2).sum() for layer in layers)
+    expected = (2.0 * w + 0.5 * k) / (2 * data.n_items * data.n_users)
+    torch.testing.assert_close(model.penalty(), expected)
+
+
+def test_params_validation():
+    with pytest.raises(ValueError):
+        KernelAEParams(pos_weight=0.0)
+    with pytest.raises(ValueError):
+        KernelAEParams(hidden=())
