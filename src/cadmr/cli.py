@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cadmr.data.sources import resolve_dataset
-    from cadmr.train import resolve_run_config, run
+    from cadmr.train import resolve_run_config, results_markdown, run
 
     config = resolve_run_config(args.model, args.dataset, args.config, args.sets, args.seed)
     if args.quiet:
@@ -98,8 +98,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     dataset = resolve_dataset(args.dataset, args.data_dir)
     out = Path(args.out or f"runs/{dataset.name}/{config.model}-seed{config.seed}")
     results = run(config, dataset, out, resume=args.resume, echo=not args.quiet)
-    from cadmr.train import results_markdown
-
     print(results_markdown([results]), end="")
     print(f"results: {out / 'results.json'}")
     return 0
@@ -124,6 +122,7 @@ def _load_for_checkpoint(args: argparse.Namespace):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cadmr.config import from_dict
+    from cadmr.eval.metrics import METRICS
     from cadmr.eval.protocol import evaluate
 
     model, ck, dataset = _load_for_checkpoint(args)
@@ -133,10 +132,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{ck['config']['model']} on {dataset.name}, {args.split} split, {metrics['n_users']} users"
     )
     for k in eval_cfg.ks:
-        row = "  ".join(
-            f"{m}@{k}={metrics[f'{m}@{k}']:.4f}"
-            for m in ("recall", "ndcg", "precision", "map", "hit")
-        )
+        row = "  ".join(f"{m}@{k}={metrics[f'{m}@{k}']:.4f}" for m in METRICS)
         print(row)
     return 0
 
@@ -144,11 +140,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     import numpy as np
 
-    model, _, dataset = _load_for_checkpoint(args)
+    model, _, _ = _load_for_checkpoint(args)
     users = np.asarray(args.user, dtype=np.int64)
-    bad = users[(users < 0) | (users >= dataset.n_users)]
-    if len(bad):
-        raise DataError(f"user {int(bad[0])} is not in 0..{dataset.n_users - 1}")
     items, scores = model.recommend(users, args.k, exclude_seen=not args.include_seen)
     for u, its, sc in zip(users, items, scores, strict=True):
         print(f"user {u}: " + ", ".join(f"{i} ({s:.3f})" for i, s in zip(its, sc, strict=True)))
@@ -215,7 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (DataError, ConfigError, LeakageError, KeyError, FileNotFoundError, ValueError) as e:
+    except (
+        DataError,
+        ConfigError,
+        LeakageError,
+        KeyError,
+        IndexError,
+        FileNotFoundError,
+        ValueError,
+    ) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"cadmr: error: {msg}", file=sys.stderr)
         return 2

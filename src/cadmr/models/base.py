@@ -106,8 +106,9 @@ class Recommender(abc.ABC):
         than ``k`` eligible items gets the row padded with item -1 and score -inf.
         """
         users = np.asarray(users, dtype=np.int64).reshape(-1)
-        if len(users) and (users.min() < 0 or users.max() >= self.n_users):
-            raise IndexError(f"user ids must lie in 0..{self.n_users - 1}")
+        bad = users[(users < 0) | (users >= self.n_users)]
+        if len(bad):
+            raise IndexError(f"user {int(bad[0])} is not in 0..{self.n_users - 1}")
         self.prepare_scoring()
         scores = self.score(users)
         values, items = topk_items(scores, users, k, self.train_matrix if exclude_seen else None)

@@ -33,7 +33,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from cadmr.config import RunConfig, TrainConfig, to_dict
+from cadmr.config import RunConfig, TrainConfig, from_dict, to_dict
 from cadmr.data.dataset import Dataset
 from cadmr.data.leakage import LeakageGuard
 from cadmr.eval.protocol import evaluate
@@ -310,8 +310,6 @@ def load_model(checkpoint: str | Path, dataset: Dataset) -> tuple[Recommender, d
             f"{ck.get('dataset_fingerprint')}, this dataset {dataset.fingerprint()})"
         )
     cls = get_model_class(ck["config"]["model"])
-    from cadmr.config import from_dict
-
     params = from_dict(cls.params_cls, ck["params"], "params")
     model = cls(params, dataset.n_users, dataset.n_items, dataset.modalities)
     model.setup(dataset.train, dataset.features, LeakageGuard(dataset))
@@ -367,7 +365,7 @@ def run(
     model, _ = load_model(best["checkpoint"], dataset)
     test = evaluate(model, dataset, "test", config.eval, progress=config.train.progress)
     log(f"best epoch {best['best_epoch']} | valid {_fmt(best['valid'])} | test {_fmt(test)}")
-    popularity = _popularity_reference(config, dataset)
+    popularity = test if config.model == "pop" else _popularity_reference(config, dataset)
 
     results = {
         "model": config.model,
