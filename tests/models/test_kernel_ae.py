@@ -129,7 +129,7 @@ def test_pos_weight_scales_only_the_positive_errors():
     plain = ready_model(data, hidden=(4, 3), lambda_2=0.0, lambda_s=0.0)
     weighted = ready_model(data, hidden=(4, 3), lambda_2=0.0, lambda_s=0.0, pos_weight=5.0)
     batch = ItemBatch(np.arange(data.n_items))
-    x, target = plain._rows(batch.items)
+    x, target = plain.input_rows(batch.items), plain.target_rows(batch.items)
     with torch.no_grad():
         out = plain(x)
         sq = (out - target).pow(2)
@@ -166,3 +166,53 @@ def test_params_validation():
         KernelAEParams(pos_weight=0.0)
     with pytest.raises(ValueError):
         KernelAEParams(hidden=())
+
+
+def test_global_conv_rows_match_a_full_matrix_convolution():
+    """GLocal-K convolves the whole item x user matrix; gathering neighbouring rows per
+    batch must give the same rows, including at the first and last item."""
+    data = tiny_dataset()
+    model = ready_model(data, hidden=(4, 3), global_kernel=True)
+    model.start_phase("finetune")
+    full = torch.from_numpy(model.item_user.toarray())[None, None]  # (1, 1, I, U)
+    with torch.no_grad():
+        expected = torch.relu(
+            torch.nn.functional.conv2d(full, model.global_kernel()[None, None], padding=1)
+        )[0, 0]
+        items = np.array([0, 3, data.n_items - 1])
+        torch.testing.assert_close(model.global_conv_rows(items), expected[items])
+
+
+def test_global_kernel_phases_and_gradients():
+    data = tiny_dataset()
+    model = ready_model(data, hidden=(4, 3), global_kernel=True)
+    assert model.phases() == ("pretrain", "finetune")
+    assert not model.uses_global_kernel
+    model.start_phase("finetune")
+    batch = next(model.batches(np.random.default_rng(0), 4))
+    model.loss(batch).backward()
+    assert model.global_kernel_map.grad is not None
+    assert model.global_kernel_map.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="phases"):
+        model.start_phase("other")
+
+
+def test_global_kernel_run_has_two_phases(tmp_path):
+    from cadmr.train.resolve import resolve_run_config
+    from cadmr.train.trainer import load_model, run
+
+    data = tiny_dataset()
+    cfg = resolve_run_config(
+        "kernel_ae",
+        "tiny",
+        extra={
+            "train": {"epochs": 3, "batch_size": 2, "progress": False},
+            "params": {"hidden": [4, 3], "global_kernel": True},
+        },
+    )
+    results = run(cfg, data, tmp_path, echo=False)
+    assert (tmp_path / "best-pretrain.pt").exists() and (tmp_path / "best.pt").exists()
+    log = (tmp_path / "train.log").read_text()
+    assert "[pretrain] epoch" in log and "[finetune] start" in log
+    model, ck = load_model(results["checkpoint"], data)
+    assert ck["phase"] == "finetune" and model.uses_global_kernel

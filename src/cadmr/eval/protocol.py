@@ -3,7 +3,9 @@
 For each user with at least one item in the evaluated split: score all items, mask the
 user's training items (and, only if asked, validation items at test time), take the top
 max(K), and compute binary-relevance metrics against the split. Users are processed in
-batches, so peak memory is O(batch_size x n_items) and never O(n_users x n_items).
+batches, so peak memory is O(batch_size x n_items) and never O(n_users x n_items). Ranking
+goes through ``ranked_topk``: a model with ``item_block > 0`` is scored in item blocks with a
+running top-K, so peak memory drops to O(batch_size x (item_block + max(K))).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from tqdm.auto import tqdm
 from cadmr.config import EvalConfig
 from cadmr.data.dataset import Dataset
 from cadmr.eval.metrics import METRICS, ranking_metrics
-from cadmr.models.base import Recommender, topk_items
+from cadmr.models.base import Recommender, ranked_topk
 
 
 def evaluation_users(relevant: sp.csr_matrix) -> np.ndarray:
@@ -47,7 +49,8 @@ def evaluate(
     """Mean ranking metrics of ``model`` on ``split`` over all users with relevant items.
 
     Args:
-        model: A fitted recommender (only its ``score`` is used).
+        model: A fitted recommender (only its ``score``, or ``score_block`` when it sets
+            ``item_block``, is used).
         dataset: The dataset it was trained on.
         split: "valid" or "test".
         config: Cut-offs, user batch size and masking option.
@@ -60,6 +63,10 @@ def evaluate(
     """
     if split not in ("valid", "test"):
         raise ValueError(f"evaluate on 'valid' or 'test', not {split!r}")
+    if model.n_items != dataset.n_items:
+        raise ValueError(
+            f"{model.name} ranks {model.n_items} items, expected the dataset's {dataset.n_items}"
+        )
     config = config or EvalConfig()
     relevant = dataset.split(split)
     exclude = dataset.train
@@ -79,13 +86,8 @@ def evaluate(
             batches = range(0, len(users), config.batch_size)
             for start in tqdm(batches, desc=f"eval {split}", disable=not progress, leave=False):
                 batch = users[start : start + config.batch_size]
-                scores = model.score(batch)  # (B, n_items)
-                if scores.shape != (len(batch), dataset.n_items):
-                    raise ValueError(
-                        f"{model.name}.score returned {tuple(scores.shape)}, expected "
-                        f"{(len(batch), dataset.n_items)}"
-                    )
-                values, top = topk_items(scores.float(), batch, n_top, exclude)
+                # (B, n_top) each; checks the score shapes and NaN in every item block
+                values, top = ranked_topk(model, batch, n_top, exclude)
                 if torch.isnan(values).any():  # topk ranks NaN first, so this sees any NaN
                     raise FloatingPointError(f"{model.name}.score returned NaN scores")
                 hits = hits_matrix(top.numpy(), batch, relevant)  # (B, n_top)

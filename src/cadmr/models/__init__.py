@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from cadmr.models.base import ClosedFormRecommender, Recommender, TorchRecommender
 from cadmr.models.bpr import BPRMF
+from cadmr.models.cadmr import CADMR
 from cadmr.models.ease import EASE
 from cadmr.models.kernel_ae import KernelAE
 from cadmr.models.lightgcn import LightGCN
 from cadmr.models.popularity import Popularity
 
 MODELS: dict[str, type[Recommender]] = {
-    m.name: m for m in (Popularity, EASE, BPRMF, LightGCN, KernelAE)
+    m.name: m for m in (Popularity, EASE, BPRMF, LightGCN, KernelAE, CADMR)
 }
 
 

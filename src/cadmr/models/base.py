@@ -10,6 +10,10 @@ object, and never reads or writes files. Its life cycle:
    ``batches(rng, batch_size)`` and minimises ``loss(batch)``.
 3. ``score(users) -> (B, n_items)`` raw scores. Masking, top-K and metrics belong to the
    evaluation protocol; ``recommend`` is written once here.
+
+Rankings go through ``ranked_topk``: with ``item_block = 0`` (the default) it scores the
+whole catalogue at once; a model that sets ``item_block > 0`` (and overrides ``score_block``)
+is ranked by streaming item blocks, never forming a dense (B, n_items) score matrix.
 """
 
 from __future__ import annotations
@@ -45,6 +49,90 @@ def topk_items(
     return torch.topk(scores, k, dim=1, sorted=True)
 
 
+def _nan_error(model: Recommender) -> FloatingPointError:
+    return FloatingPointError(f"{model.name}.score returned NaN scores")
+
+
+@torch.no_grad()
+def ranked_topk(
+    model: Recommender, users: np.ndarray, k: int, exclude: sp.csr_matrix | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` (values float32 (B, k'), item indices int64 (B, k')) of ``model`` for
+    ``users`` (B,), k' = min(k, n_items), best first, after masking ``exclude``'s items of
+    each user to -inf (masked items still fill the tail when fewer than k' are eligible).
+
+    With ``model.item_block`` 0 or >= n_items this is ``topk_items(model.score(users), ...)``.
+    Otherwise items are scored in blocks of ``item_block`` columns by ``score_block``, each
+    block is masked and reduced to its own top-k, and merged into a running top-k, so peak
+    memory is O(B x (item_block + k)) plus the users' rows of ``exclude``.
+
+    Ties: equal scores are ranked in an order ``torch.topk`` does not specify, in both paths,
+    so with tied scores the two may list different (equally valid) items; the values agree
+    always. When merging, the streaming path keeps earlier blocks (lower item indices) ahead
+    of a later block's equal scores (stable sort), and it is deterministic for fixed inputs.
+
+    Raises:
+        ValueError: ``score`` / ``score_block`` returned the wrong shape, or ``k`` < 0.
+        FloatingPointError: an unmasked score is NaN.
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    n_items, n_users = model.n_items, len(users)
+    block = model.item_block
+    if block < 0:
+        raise ValueError(f"{model.name}.item_block must be >= 0, got {block}")
+    if block == 0 or block >= n_items:
+        scores = model.score(users)  # (B, n_items)
+        if tuple(scores.shape) != (n_users, n_items):
+            raise ValueError(
+                f"{model.name}.score returned {tuple(scores.shape)}, expected {(n_users, n_items)}"
+            )
+        values, items = topk_items(scores.float(), users, k, exclude)
+        if torch.isnan(values).any():  # topk ranks NaN first, so this sees any NaN
+            raise _nan_error(model)
+        return values, items
+
+    k = min(k, n_items)
+    starts = np.arange(0, n_items, block, dtype=np.int64)
+    if exclude is not None:
+        # the users' excluded (row, column) pairs, sorted by column: a block's pairs are a slice
+        sub = exclude[users]  # (B, n_items) sparse
+        rows = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(sub.indptr))
+        cols = sub.indices.astype(np.int64)
+        order = np.argsort(cols, kind="stable")
+        rows, cols = rows[order], cols[order]
+        bounds = np.searchsorted(cols, np.append(starts, n_items))  # (n_blocks + 1,)
+    values: torch.Tensor | None = None  # running top-k, (B, <= k)
+    items: torch.Tensor | None = None
+    for b, start in enumerate(starts.tolist()):
+        stop = min(start + block, n_items)
+        scores = model.score_block(users, start, stop)  # (B, stop - start)
+        if tuple(scores.shape) != (n_users, stop - start):
+            raise ValueError(
+                f"{model.name}.score_block returned {tuple(scores.shape)}, expected "
+                f"{(n_users, stop - start)}"
+            )
+        scores = scores.float()
+        if exclude is not None and bounds[b + 1] > bounds[b]:
+            lo, hi = bounds[b], bounds[b + 1]
+            r = torch.from_numpy(rows[lo:hi]).to(scores.device)
+            c = torch.from_numpy(cols[lo:hi] - start).to(scores.device)
+            scores[r, c] = -torch.inf
+        if torch.isnan(scores).any():
+            raise _nan_error(model)
+        block_values, block_items = torch.topk(scores, min(k, stop - start), dim=1, sorted=False)
+        block_items += start  # global item indices
+        if values is None:
+            values, items = block_values, block_items
+        else:
+            values = torch.cat([values, block_values], dim=1)  # (B, <= 2k)
+            items = torch.cat([items, block_items], dim=1)
+        order_t = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
+        values, items = values.gather(1, order_t), items.gather(1, order_t)
+    assert values is not None and items is not None  # n_items > block >= 1: one block at least
+    return values, items
+
+
 class Recommender(abc.ABC):
     """Common interface. Subclasses set ``name`` and ``params_cls``.
 
@@ -54,6 +142,8 @@ class Recommender(abc.ABC):
         personalized: False for non-personalised models (popularity).
         default_search: Validation grid searched unless the configuration sets one.
         needs_features: True when the model cannot run without item features.
+        item_block: Items scored per ``score_block`` call when ranking (``ranked_topk``);
+            0 scores the whole catalogue with one ``score`` call.
     """
 
     name: ClassVar[str]
@@ -61,6 +151,7 @@ class Recommender(abc.ABC):
     personalized: ClassVar[bool] = True
     default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {}
     needs_features: ClassVar[bool] = False
+    item_block: ClassVar[int] = 0
 
     def __init__(
         self, params: Any, n_users: int, n_items: int, feature_dims: Mapping[str, int]
@@ -93,6 +184,14 @@ class Recommender(abc.ABC):
         new tensor, never a cached one or a view of one.
         """
 
+    def score_block(self, users: np.ndarray, start: int, stop: int) -> torch.Tensor:
+        """Raw scores of items ``start..stop-1`` for ``users`` (B,) -> tensor (B, stop-start).
+
+        Same ownership rule as ``score``. This default slices ``score``; a model that sets
+        ``item_block`` overrides it to compute only the block.
+        """
+        return self.score(users)[:, start:stop].clone()
+
     def prepare_scoring(self) -> None:  # noqa: B027 - optional hook
         """Hook run once before a round of ``score`` calls (e.g. propagate a graph)."""
 
@@ -103,15 +202,17 @@ class Recommender(abc.ABC):
         """Top-``k`` items for ``users``: (items (B, k) int64, scores (B, k) float32).
 
         Training items are excluded unless ``exclude_seen`` is False. A user with fewer
-        than ``k`` eligible items gets the row padded with item -1 and score -inf.
+        than ``k`` eligible items gets the row padded with item -1 and score -inf. Ranked by
+        ``ranked_topk`` (streaming item blocks when ``item_block`` is set); NaN scores raise
+        FloatingPointError.
         """
         users = np.asarray(users, dtype=np.int64).reshape(-1)
         bad = users[(users < 0) | (users >= self.n_users)]
         if len(bad):
             raise IndexError(f"user {int(bad[0])} is not in 0..{self.n_users - 1}")
         self.prepare_scoring()
-        scores = self.score(users)
-        values, items = topk_items(scores, users, k, self.train_matrix if exclude_seen else None)
+        exclude = self.train_matrix if exclude_seen else None
+        values, items = ranked_topk(self, users, k, exclude)
         items = items.numpy().copy()
         items[np.isneginf(values.numpy())] = -1
         return items, values.numpy()
@@ -141,6 +242,15 @@ class TorchRecommender(nn.Module, Recommender):
     ) -> None:
         nn.Module.__init__(self)
         Recommender.__init__(self, params, n_users, n_items, feature_dims)
+
+    def phases(self) -> tuple[str, ...]:
+        """Names of the training phases, run in this order by the trainer, each with a fresh
+        optimizer and its own early stopping (e.g. CADMR's pretrain, then finetune)."""
+        return ("train",)
+
+    def start_phase(self, phase: str) -> None:
+        """Switch to ``phase`` (one of ``phases()``): called before its first epoch, on resume
+        and before ``make_optimizer``, so ``batches``, ``loss`` and the optimizer follow it."""
 
     @abc.abstractmethod
     def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[Any]:

@@ -24,6 +24,16 @@ an unbiased estimate of ``J / n_terms`` (same minimiser as the full-batch sum):
   ``-sum_u r_iu log softmax(r_hat_i)_u``, averaged over the batch's items; the penalties are
   multiplied by ``lambda / (2 * I)``.
 
+Global kernel (GLocal-K's fine-tuning stage, ``global_kernel=True``): after a pretraining
+phase, the average of each item's reconstruction over users, a vector of I values, is turned
+by a learned (I, g*g) matrix into a g x g convolution kernel; the kernel is convolved over the
+item x user matrix (neighbouring item and user indices, as in GLocal-K) through a ReLU, and the
+result is the autoencoder's input during a second, fine-tuning phase. Deviation: GLocal-K
+recomputes the pooled vector inside every full-batch step; we recompute it without gradient
+at the start of each epoch and before scoring (item batches make the full pass per step too
+costly). The convolution depends on the order of item and user ids, which carries no meaning
+in most datasets; docs/cadmr.md records its validation result.
+
 Memory: a batch of B items holds a few dense (B, n_users) tensors (target, output and their
 gradients); with the trainer's default ``train.batch_size`` = 2048 that is about 160 MB each on
 Baby (19,445 users), fine on 24 GiB. For catalogues with ~10^5 users (Electronics) use a batch
@@ -59,6 +69,8 @@ class KernelAEParams:
     lambda_s: GLocal-K's L2 weight on the kernels k (sum-loss scale; likewise).
     pos_weight: Weight of the positive entries in the squared error (weighted MSE).
     loss: "mse" (weighted MSE over all entries) or "multinomial" (softmax over users).
+    global_kernel: Add GLocal-K's global-kernel fine-tuning phase after pretraining.
+    global_kernel_size: Side g of the global convolution kernel (GLocal-K: 3; odd).
     """
 
     hidden: tuple[int, ...] = (500, 500)
@@ -67,6 +79,8 @@ class KernelAEParams:
     lambda_s: float = 0.006
     pos_weight: float = 1.0
     loss: Literal["mse", "multinomial"] = "mse"
+    global_kernel: bool = False
+    global_kernel_size: int = 3
 
     def __post_init__(self) -> None:
         if not self.hidden or any(h <= 0 for h in self.hidden) or self.kernel_dim <= 0:
@@ -75,6 +89,8 @@ class KernelAEParams:
             raise ValueError("lambda_2 and lambda_s must be >= 0 and pos_weight > 0")
         if self.loss not in ("mse", "multinomial"):
             raise ValueError(f"loss must be 'mse' or 'multinomial', got {self.loss!r}")
+        if self.global_kernel_size < 1 or self.global_kernel_size % 2 == 0:
+            raise ValueError("global_kernel_size must be a positive odd number")
 
 
 @dataclass(frozen=True)
@@ -91,6 +107,8 @@ class KernelAE(TorchRecommender):
 
     name = "kernel_ae"
     params_cls = KernelAEParams
+    scoring_block: int = SCORING_BLOCK  # item rows encoded at once by prepare_scoring
+    item_block = 8192  # rankings stream item blocks (models/base.py ranked_topk)
 
     def __init__(
         self,
@@ -105,8 +123,14 @@ class KernelAE(TorchRecommender):
             LocalKernelLayer(a, b, params.kernel_dim) for a, b in itertools.pairwise(sizes)
         )
         self.decoder = LocalKernelLayer(sizes[-1], n_users, params.kernel_dim)
+        if params.global_kernel:
+            g = params.global_kernel_size
+            self.global_kernel_map = nn.Parameter(torch.empty(n_items, g * g))
+            nn.init.trunc_normal_(self.global_kernel_map, std=0.1, a=-0.2, b=0.2)
         self.item_user: sp.csr_matrix | None = None
+        self.phase = self.phases()[0]
         self._hidden: torch.Tensor | None = None  # (n_items, hidden[-1]) cache for scoring
+        self._pooled: torch.Tensor | None = None  # (n_items,) item means for the global kernel
 
     def setup(
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
@@ -116,6 +140,22 @@ class KernelAE(TorchRecommender):
         r.sort_indices()
         self.item_user = guard.check(r, "kernel AE input/target", layout="item_user")
         self._hidden = None
+
+    def phases(self) -> tuple[str, ...]:
+        return ("pretrain", "finetune") if self.params.global_kernel else ("train",)
+
+    def start_phase(self, phase: str) -> None:
+        if phase not in self.phases():
+            raise ValueError(f"{self.name} has phases {self.phases()}, not {phase!r}")
+        self.phase = phase
+        self._hidden = self._pooled = None
+
+    @property
+    def uses_global_kernel(self) -> bool:
+        return self.params.global_kernel and self.phase == "finetune"
+
+    def make_optimizer(self, tc: Any) -> torch.optim.Optimizer:
+        return paper_adam(self.parameters(), tc.learning_rate, tc.weight_decay)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Last hidden layer: (B, n_users) dense or sparse -> (B, hidden[-1])."""
@@ -128,16 +168,56 @@ class KernelAE(TorchRecommender):
         """Reconstruction of item rows: (B, n_users) dense or sparse -> (B, n_users)."""
         return self.decoder(self.encode(x))
 
+    @torch.no_grad()
+    def item_means(self) -> torch.Tensor:
+        """(n_items,) mean reconstruction of each item over users from the plain input:
+        GLocal-K's item-based average pooling, the input of the global kernel."""
+        blocks = []
+        for start in range(0, self.n_items, SCORING_BLOCK):
+            rows = self.item_user[start : start + SCORING_BLOCK]
+            blocks.append(self(to_torch_sparse(rows)).mean(dim=1))
+        return torch.cat(blocks)
+
+    def global_kernel(self) -> torch.Tensor:
+        """(g, g) convolution kernel from the pooled item means (GLocal-K)."""
+        if self._pooled is None:
+            self._pooled = self.item_means()
+        g = self.params.global_kernel_size
+        return (self._pooled @ self.global_kernel_map).view(g, g)
+
+    def global_conv_rows(self, items: np.ndarray) -> torch.Tensor:
+        """ReLU(R * K_g) at the rows ``items``: (B, n_users) dense. The g x g window covers
+        the neighbouring item rows (zero beyond the matrix) and neighbouring users."""
+        half = self.params.global_kernel_size // 2
+        offsets = np.arange(-half, half + 1)
+        rows = items[:, None] + offsets  # (B, g) neighbouring item indices
+        valid = (rows >= 0) & (rows < self.n_items)
+        dense = torch.from_numpy(
+            self.item_user[np.clip(rows, 0, self.n_items - 1).ravel()].toarray()
+        )
+        dense = dense.view(len(items), len(offsets), self.n_users)
+        dense = dense * torch.from_numpy(valid)[:, :, None]
+        out = F.conv2d(dense[:, None], self.global_kernel()[None, None], padding=(0, half))
+        return torch.relu(out[:, 0, 0])  # (B, n_users)
+
+    def input_rows(self, items: np.ndarray) -> torch.Tensor:
+        """The autoencoder's input for ``items``: sparse rows of R, or their global
+        convolution in the global-kernel phase; (B, n_users)."""
+        if self.uses_global_kernel:
+            return self.global_conv_rows(items)
+        return to_torch_sparse(self.item_user[items])
+
     def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[ItemBatch]:
         self._hidden = None  # parameters will change
+        if self.uses_global_kernel:
+            self._pooled = self.item_means()  # once per epoch (module docstring)
         order = rng.permutation(self.n_items).astype(np.int64)
         for start in range(0, self.n_items, batch_size):
             yield ItemBatch(order[start : start + batch_size])
 
-    def _rows(self, items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sparse input, dense target), both (B, n_users), for the given item rows."""
-        rows = self.item_user[items]
-        return to_torch_sparse(rows), torch.from_numpy(rows.toarray())
+    def target_rows(self, items: np.ndarray) -> torch.Tensor:
+        """Reconstruction target: the dense training rows of ``items``, (B, n_users)."""
+        return torch.from_numpy(self.item_user[items].toarray())
 
     def penalty(self) -> torch.Tensor:
         """lambda_2/2 * sum W^2 + lambda_s/2 * sum k^2 over all layers, divided by the number
@@ -146,7 +226,7 @@ class KernelAE(TorchRecommender):
         n_terms = self.n_items * (self.n_users if p.loss == "mse" else 1)
         total = torch.zeros(())
         for layer in (*self.encoder, self.decoder):
-            weight, kernel = layer.penalties()
+            weight, kernel = layer.penalties()  # the global kernel map is not penalised
             total = total + p.lambda_2 * weight + p.lambda_s * kernel
         return total / (2.0 * n_terms)
 
@@ -160,26 +240,39 @@ class KernelAE(TorchRecommender):
         return sq.mean()
 
     def loss(self, batch: ItemBatch) -> torch.Tensor:
-        x, target = self._rows(batch.items)
-        out = self(x)  # (B, n_users)
-        return self.reconstruction_loss(out, target) + self.penalty()
+        out = self(self.input_rows(batch.items))  # (B, n_users)
+        return self.reconstruction_loss(out, self.target_rows(batch.items)) + self.penalty()
 
     @torch.no_grad()
     def prepare_scoring(self) -> None:
+        self._pooled = None
         blocks = []
-        for start in range(0, self.n_items, SCORING_BLOCK):
-            items = np.arange(start, min(start + SCORING_BLOCK, self.n_items))
-            blocks.append(self.encode(to_torch_sparse(self.item_user[items])))
+        for start in range(0, self.n_items, self.scoring_block):
+            items = np.arange(start, min(start + self.scoring_block, self.n_items))
+            blocks.append(self.encode(self.input_rows(items)))
         self._hidden = torch.cat(blocks)  # (n_items, hidden[-1])
 
     @torch.no_grad()
     def score(self, users: np.ndarray) -> torch.Tensor:
+        return self.score_block(users, 0, self.n_items)
+
+    @torch.no_grad()
+    def score_block(self, users: np.ndarray, start: int, stop: int) -> torch.Tensor:
+        """Reconstructed R[start:stop, users], transposed: (B, stop - start)."""
         if self._hidden is None:
             self.prepare_scoring()
         cols = torch.from_numpy(np.asarray(users, dtype=np.int64))
-        out = self.decoder.forward_columns(self._hidden, cols)  # (n_items, B)
-        return out.T.contiguous()  # (B, n_items)
+        out = self.decoder.forward_columns(self._hidden[start:stop], cols)  # (items, B)
+        return out.T.contiguous()
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         super().load_state(state)
-        self._hidden = None
+        self._hidden = self._pooled = None
+
+
+def paper_adam(parameters: Any, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam as CADMR section 4.3 sets it (beta1 0.9, beta2 0.99, eps 1e-6); the autoencoder
+    alone uses it too, so that it is exactly CADMR's pretraining phase."""
+    return torch.optim.Adam(
+        parameters, lr=lr, betas=(0.9, 0.99), eps=1e-6, weight_decay=weight_decay
+    )

@@ -187,87 +187,48 @@ def _fit_iterative(
     resume: bool,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
+    """Run the model's training phases in order (most models have one).
+
+    Each phase gets a fresh optimizer and its own early stopping on the validation metric
+    (``train.epochs`` and ``train.patience`` apply per phase). A later phase starts from the
+    best checkpoint of the phase before; that starting point is evaluated first ("epoch -1"),
+    so a phase that never improves validation leaves the model as it was. The best model of
+    phase P is ``best-P.pt``; the last phase's is ``best.pt``. ``last.pt`` records the phase,
+    so ``--resume`` continues inside whichever phase was interrupted.
+    """
     tc: TrainConfig = config.train
     metric = config.eval.valid_metric
-    optimizer = make_optimizer(model, tc)
+    phases = model.phases()
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)  # dropout and any other torch sampling during training
-    state = {"epoch": 0, "best_metric": -math.inf, "best_epoch": -1, "bad_evals": 0}
+    state: dict[str, Any] = _fresh_phase_state(0)
+    state["finished"] = []
     history: list[dict[str, Any]] = []
-    last, best = out_dir / "last.pt", out_dir / "best.pt"
+    last = out_dir / "last.pt"
+    optimizer_state = None
     if resume and last.exists():
         ck = load_checkpoint(last)
         if ck["params"] != to_dict(params) or ck["dataset_fingerprint"] != dataset.fingerprint():
             raise TrainingError(f"{last} was written for other parameters or data; cannot resume")
         model.load_state(ck["model_state"])
-        optimizer.load_state_dict(ck["optimizer"])
+        optimizer_state = ck["optimizer"]
         rng.bit_generator.state = ck["numpy_rng"]
         torch.set_rng_state(ck["torch_rng"])
-        state = ck["trainer"]
+        state = {"phase": 0, "finished": [], **ck["trainer"]}
         history = ck["history"]
         atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-        log(f"resumed from {last} at epoch {state['epoch']}")
+        log(f"resumed from {last} at phase {state['phase']}, epoch {state['epoch']}")
 
-    def payload(**extra: Any) -> dict[str, Any]:
-        return checkpoint_payload(
-            config,
-            params,
-            dataset,
-            model,
-            optimizer=optimizer.state_dict(),
-            best_metric=state["best_metric"],
-            **extra,
-        )
-
-    while state["epoch"] < tc.epochs and state["bad_evals"] < tc.patience:
-        epoch = state["epoch"]
-        model.train()
-        t0 = time.perf_counter()
-        total, n_batches = 0.0, 0
-        bar = tqdm(
-            model.batches(rng, tc.batch_size),
-            desc=f"epoch {epoch}",
-            disable=not tc.progress,
-            leave=False,
-        )
-        for batch in bar:
-            optimizer.zero_grad(set_to_none=True)
-            loss = model.loss(batch)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"{model.name}: loss is {loss.item()} at epoch {epoch}, batch {n_batches}; "
-                    "lower train.learning_rate or check the inputs"
-                )
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-            n_batches += 1
-        train_s = time.perf_counter() - t0
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "loss": total / max(n_batches, 1),
-            "train_seconds": train_s,
-        }
-        line = f"epoch {epoch:4d} loss {record['loss']:.5f} train {train_s:.1f}s"
-        state["epoch"] = epoch + 1
-        if (epoch + 1) % tc.eval_every == 0 or state["epoch"] == tc.epochs:
-            t0 = time.perf_counter()
-            valid = evaluate(model, dataset, "valid", config.eval)
-            record["eval_seconds"] = time.perf_counter() - t0
-            record["valid"] = valid
-            line += f" eval {record['eval_seconds']:.1f}s | valid {_fmt(valid)}"
-            if valid[metric] > state["best_metric"]:
-                state.update(best_metric=valid[metric], best_epoch=epoch, bad_evals=0)
-                state["best_valid"] = valid
-                save_checkpoint(best, payload(epoch=epoch))
-                line += " *"
-            else:
-                state["bad_evals"] += 1
-        history.append(record)
-        log(line)
+    def save_last(optimizer: torch.optim.Optimizer | None, epoch: int) -> None:
         save_checkpoint(
             last,
-            payload(
+            checkpoint_payload(
+                config,
+                params,
+                dataset,
+                model,
+                optimizer=None if optimizer is None else optimizer.state_dict(),
+                best_metric=state["best_metric"],
                 epoch=epoch,
                 numpy_rng=rng.bit_generator.state,
                 torch_rng=torch.get_rng_state(),
@@ -275,22 +236,124 @@ def _fit_iterative(
                 history=history,
             ),
         )
-        with open(out_dir / "history.jsonl", "a") as f:  # after last.pt: never ahead of it
-            f.write(json.dumps(record) + "\n")
-    if state["best_epoch"] < 0:
-        raise TrainingError("no validation evaluation happened; check train.eval_every")
-    if state["bad_evals"] >= tc.patience:
-        log(f"early stop: no {metric} gain in {tc.patience} evaluations")
-    train_times = [h["train_seconds"] for h in history]
-    eval_times = [h["eval_seconds"] for h in history if "eval_seconds" in h]
+
+    while state["phase"] < len(phases):
+        phase = phases[state["phase"]]
+        final = state["phase"] == len(phases) - 1
+        best = out_dir / ("best.pt" if final else f"best-{phase}.pt")
+        tag = f"[{phase}] " if len(phases) > 1 else ""
+        model.start_phase(phase)
+        optimizer = make_optimizer(model, tc)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+            optimizer_state = None
+
+        def payload(epoch: int, phase: str = phase) -> dict[str, Any]:
+            return checkpoint_payload(
+                config,
+                params,
+                dataset,
+                model,
+                epoch=epoch,
+                phase=phase,
+                best_metric=state["best_metric"],
+            )
+
+        if state["phase"] > 0 and state["epoch"] == 0 and state["best_metric"] == -math.inf:
+            # the starting point of a later phase competes with its epochs
+            valid = evaluate(model, dataset, "valid", config.eval)
+            state.update(best_metric=valid[metric], best_epoch=-1, best_valid=valid)
+            save_checkpoint(best, payload(epoch=-1))
+            log(f"{tag}start | valid {_fmt(valid)} *")
+        while state["epoch"] < tc.epochs and state["bad_evals"] < tc.patience:
+            epoch = state["epoch"]
+            entry = _train_epoch(model, optimizer, rng, tc, f"{tag}epoch {epoch}")
+            entry = {"phase": phase, "epoch": epoch, **entry} if tag else {"epoch": epoch, **entry}
+            line = (
+                f"{tag}epoch {epoch:4d} loss {entry['loss']:.5f} "
+                f"train {entry['train_seconds']:.1f}s"
+            )
+            state["epoch"] = epoch + 1
+            if (epoch + 1) % tc.eval_every == 0 or state["epoch"] == tc.epochs:
+                t0 = time.perf_counter()
+                valid = evaluate(model, dataset, "valid", config.eval)
+                entry["eval_seconds"] = time.perf_counter() - t0
+                entry["valid"] = valid
+                line += f" eval {entry['eval_seconds']:.1f}s | valid {_fmt(valid)}"
+                if valid[metric] > state["best_metric"]:
+                    state.update(best_metric=valid[metric], best_epoch=epoch, bad_evals=0)
+                    state["best_valid"] = valid
+                    save_checkpoint(best, payload(epoch=epoch))
+                    line += " *"
+                else:
+                    state["bad_evals"] += 1
+            history.append(entry)
+            log(line)
+            save_last(optimizer, epoch)
+            with open(out_dir / "history.jsonl", "a") as f:  # after last.pt: never ahead of it
+                f.write(json.dumps(entry) + "\n")
+        if state["best_metric"] == -math.inf:
+            raise TrainingError("no validation evaluation happened; check train.eval_every")
+        if state["bad_evals"] >= tc.patience:
+            log(f"{tag}early stop: no {metric} gain in {tc.patience} evaluations")
+        mine = [h for h in history if h.get("phase", phase) == phase]
+        state["finished"].append(
+            {
+                "phase": phase,
+                "best_epoch": state["best_epoch"],
+                "epochs_run": state["epoch"],
+                "valid": state["best_valid"],
+                "seconds_per_epoch": float(np.mean([h["train_seconds"] for h in mine] or [0.0])),
+                "eval_seconds": float(
+                    np.mean([h["eval_seconds"] for h in mine if "eval_seconds" in h] or [0.0])
+                ),
+                "checkpoint": str(best),
+            }
+        )
+        if final:
+            break
+        # the next phase starts from this phase's best model
+        model.load_state(load_checkpoint(best)["model_state"])
+        state.update(_fresh_phase_state(state["phase"] + 1))
+        save_last(None, -1)
+
+    done = state["finished"]
     return {
-        "best_epoch": state["best_epoch"],
-        "epochs_run": state["epoch"],
-        "valid": state["best_valid"],
-        "seconds_per_epoch": float(np.mean(train_times)),
-        "eval_seconds": float(np.mean(eval_times)),
-        "checkpoint": str(best),
+        **done[-1],
+        "epochs_run": sum(p["epochs_run"] for p in done),
+        **({"phases": done} if len(done) > 1 else {}),
     }
+
+
+def _fresh_phase_state(phase: int) -> dict[str, Any]:
+    return {"phase": phase, "epoch": 0, "best_metric": -math.inf, "best_epoch": -1, "bad_evals": 0}
+
+
+def _train_epoch(
+    model: TorchRecommender,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    tc: TrainConfig,
+    desc: str,
+) -> dict[str, Any]:
+    """One pass over ``model.batches``; returns the mean loss and the seconds it took."""
+    model.train()
+    t0 = time.perf_counter()
+    total, n_batches = 0.0, 0
+    bar = tqdm(model.batches(rng, tc.batch_size), desc=desc, disable=not tc.progress, leave=False)
+    for batch in bar:
+        optimizer.zero_grad(set_to_none=True)
+        loss = model.loss(batch)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"{model.name}: loss is {loss.item()} at {desc}, batch {n_batches}; "
+                "lower train.learning_rate or check the inputs"
+            )
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+        n_batches += 1
+    return {"loss": total / max(n_batches, 1), "train_seconds": time.perf_counter() - t0}
 
 
 def make_optimizer(model: TorchRecommender, tc: TrainConfig) -> torch.optim.Optimizer:
@@ -313,6 +376,8 @@ def load_model(checkpoint: str | Path, dataset: Dataset) -> tuple[Recommender, d
     params = from_dict(cls.params_cls, ck["params"], "params")
     model = cls(params, dataset.n_users, dataset.n_items, dataset.modalities)
     model.setup(dataset.train, dataset.features, LeakageGuard(dataset))
+    if isinstance(model, TorchRecommender):
+        model.start_phase(ck.get("phase") or model.phases()[-1])
     model.load_state(ck["model_state"])
     if isinstance(model, torch.nn.Module):
         model.eval()

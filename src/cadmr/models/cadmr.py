@@ -1,0 +1,479 @@
+"""CADMR: cross-attention and disentangled learning over a local-kernel item autoencoder.
+
+Reference: Khalafaoui, Abdelkader, Maddouri & Kalousis, "CADMR: Cross-Attention and
+Disentangled Learning for Multimodal Recommender Systems" (sections 3-4), with the decisions of
+docs/CADMR.md (in ../shared/docs) and of docs/cadmr.md (this project's validation evidence).
+
+Pieces, with the paper's equations (I items, U users, modality m with d_m-dim features):
+
+- Autoencoder: the GLocal-K local-kernel item autoencoder of ``kernel_ae`` (this class
+  subclasses it), items x users, reconstructing each item's row of R.
+- Extractor per modality, eq. (1): LayerNorm -> Linear -> act -> dropout -> Linear -> act ->
+  dropout, giving h_m (I, modality_dim). Any number of named modalities.
+- Disentanglement, eq. (2): a total-correlation penalty on each h_m (models/disentangle.py).
+- Fusion, eq. (3): h_f = act(Linear(LayerNorm([h_m1; h_m2; ...]))), (I, latent_dim = l).
+- Cross-attention, eq. (4): Q = R W_q (item rows of R projected to l), K = h_f W_k,
+  V = h_f W_v; softmax(Q K^T / sqrt(l / heads)) V per head over ALL I items, heads
+  concatenated; a feed-forward (linear) layer maps it back to U. The refined rows
+  R + FFN(CA) (``refine="residual"``, FFN zero-initialised so fine-tuning starts at the
+  pretrained model) or FFN(CA) (``"replace"``) are the autoencoder's input.
+
+Training has two phases (the trainer runs them in order, models/base.py ``phases``):
+
+1. ``pretrain``: the autoencoder on R exactly as ``kernel_ae`` (same initial weights for the
+   same seed, same loss, same optimizer), early-stopped on validation; alongside it, the
+   extractors learn ``extractor_objective`` + tc_weight * TC on the batch's items:
+   ``align`` predicts the autoencoder's (detached) item code from h_f, ``reconstruct``
+   reconstructs each modality's layer-normalised features from h_m, ``none`` uses TC only.
+   These losses do not reach the autoencoder, so the pretraining phase IS the autoencoder alone.
+2. ``finetune``: everything end to end on L = MSE + penalties + tc_weight * sum_m TC(h_m), with
+   the extractors run on all items each step (keys and values cover the whole catalogue).
+
+Ablations (paper Table 3 / Fig. 3): ``tc_weight=0`` (without DRL), ``use_attention=False``
+(without CA: each item's own fused representation, V_i, goes through the FFN instead of the
+attention output), ``heads`` (1, 2, 4, 8).
+
+Memory: attention is computed per block of query items with torch's scaled_dot_product_attention
+(B x I scores per head for a block of B items), never I x I; rankings stream item blocks
+(``item_block``), never a dense users x items matrix.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cadmr.data.leakage import LeakageGuard
+from cadmr.models.disentangle import TC_ESTIMATORS
+from cadmr.models.kernel_ae import ItemBatch, KernelAE, KernelAEParams, paper_adam
+from cadmr.models.layers import to_torch_sparse
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+
+
+@dataclass(frozen=True)
+class CADMRParams(KernelAEParams):
+    """The autoencoder's settings (``KernelAEParams``) plus:
+
+    Attributes:
+        latent_dim: l, the dimension of fused item representations, queries, keys, values.
+        modality_dim: Output dimension D of each modality's extractor (h_m).
+        extractor_hidden: Hidden width of each extractor (eq. (1)'s inner layer).
+        activation: f and g of eqs. (1) and (3): gelu, relu, tanh or sigmoid.
+        dropout: Dropout after each extractor sub-layer (paper: 0.2).
+        heads: Attention heads (paper: 4); must divide ``latent_dim``.
+        tc_weight: lambda of eq. (5) (paper: 0.5); 0 is the "without DRL" ablation.
+        tc_estimator: "gaussian" (closed-form TC) or "decorrelation" (models/disentangle.py).
+        use_attention: False is the "without CA" ablation (module docstring).
+        refine: "residual" (R + FFN(CA)) or "replace" (FFN(CA)) as the autoencoder's input.
+        extractor_objective: What the extractors learn while the autoencoder pretrains:
+            "align", "reconstruct" or "none" (module docstring).
+        finetune_learning_rate: Adam's learning rate in the fine-tuning phase
+            (0 = ``train.learning_rate``).
+    """
+
+    latent_dim: int = 64
+    modality_dim: int = 64
+    extractor_hidden: int = 256
+    activation: Literal["gelu", "relu", "tanh", "sigmoid"] = "gelu"
+    dropout: float = 0.2
+    heads: int = 4
+    tc_weight: float = 0.5
+    tc_estimator: Literal["gaussian", "decorrelation"] = "gaussian"
+    use_attention: bool = True
+    refine: Literal["residual", "replace"] = "residual"
+    extractor_objective: Literal["align", "reconstruct", "none"] = "align"
+    finetune_learning_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.global_kernel:
+            raise ValueError(
+                "global_kernel is an option of kernel_ae; CADMR's fine-tuning phase is its "
+                "cross-attention (docs/cadmr.md)"
+            )
+        for name in ("latent_dim", "modality_dim", "extractor_hidden", "heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.latent_dim % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide latent_dim ({self.latent_dim})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.tc_weight < 0 or self.finetune_learning_rate < 0:
+            raise ValueError("tc_weight and finetune_learning_rate must be >= 0")
+        choices = {
+            "activation": ACTIVATIONS,
+            "tc_estimator": TC_ESTIMATORS,
+            "refine": ("residual", "replace"),
+            "extractor_objective": ("align", "reconstruct", "none"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name} must be one of {sorted(allowed)}, got {getattr(self, name)!r}"
+                )
+
+
+class ModalityExtractor(nn.Sequential):
+    """Eq. (1): LayerNorm -> Linear -> g -> dropout -> Linear -> f -> dropout."""
+
+    def __init__(self, d_in: int, hidden: int, d_out: int, activation: str, dropout: float):
+        act = ACTIVATIONS[activation]
+        super().__init__(
+            nn.LayerNorm(d_in),
+            nn.Linear(d_in, hidden),
+            act(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, d_out),
+            act(),
+            nn.Dropout(dropout),
+        )
+
+
+class Fusion(nn.Sequential):
+    """Eq. (3): f(W LayerNorm([h_1; ...; h_M]) + b)."""
+
+    def __init__(self, d_in: int, d_out: int, activation: str):
+        super().__init__(nn.LayerNorm(d_in), nn.Linear(d_in, d_out), ACTIVATIONS[activation]())
+
+
+class RatingCrossAttention(nn.Module):
+    """Eq. (4): queries from item rows of R, keys and values from fused item features.
+
+    Args:
+        n_users: Width of the rating rows (U).
+        dim: l, the query/key/value dimension (all heads together).
+        heads: Number of heads; each has dimension l / heads.
+    """
+
+    def __init__(self, n_users: int, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Parameter(torch.empty(n_users, dim))
+        self.query_bias = nn.Parameter(torch.zeros(dim))
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.query)
+
+    def project_query(self, rows: torch.Tensor) -> torch.Tensor:
+        """Q = R_rows W_q + b: (B, U) sparse or dense -> (B, l)."""
+        out = (
+            torch.sparse.mm(rows, self.query) if rows.layout != torch.strided else rows @ self.query
+        )
+        return out + self.query_bias
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, l) -> (heads, N, l / heads)."""
+        return x.view(x.shape[0], self.heads, -1).transpose(0, 1)
+
+    def forward(self, rows: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+        """Attention output for the query rows: rows (B, U), fused (I, l) -> (B, l)."""
+        q = self._split(self.project_query(rows))
+        k, v = self._split(self.key(fused)), self._split(self.value(fused))
+        out = F.scaled_dot_product_attention(q, k, v)  # (heads, B, l / heads)
+        return out.transpose(0, 1).reshape(rows.shape[0], -1)
+
+    def weights(self, rows: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities (heads, B, I): each (head, query) row sums to 1."""
+        q = self._split(self.project_query(rows))
+        k = self._split(self.key(fused))
+        return torch.softmax(q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]), dim=-1)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What CADMR attended to for one item or for one user's recommendations.
+
+    Attributes:
+        subject: "item I" or "user U".
+        recommended: The user's top items with scores ([] for an item explanation).
+        attended: (item, attention weight averaged over heads and queries), strongest first.
+        modalities: Modality -> share of the occlusion effect (sums to 1): how much the
+            attention output (item) or the recommended scores (user) move when that
+            modality's features are replaced by their catalogue mean.
+    """
+
+    subject: str
+    recommended: list[tuple[int, float]]
+    attended: list[tuple[int, float]]
+    modalities: dict[str, float]
+
+
+class CADMR(KernelAE):
+    """CADMR (module docstring). Needs at least one item modality."""
+
+    name = "cadmr"
+    params_cls = CADMRParams
+    needs_features = True
+    scoring_block = 512  # query items per attention block when scoring (B x I x heads floats)
+
+    def __init__(
+        self,
+        params: CADMRParams,
+        n_users: int,
+        n_items: int,
+        feature_dims: Mapping[str, int],
+    ) -> None:
+        if not feature_dims:
+            raise ValueError("cadmr needs at least one item modality; the dataset has none")
+        super().__init__(params, n_users, n_items, feature_dims)  # the autoencoder first
+        p = params
+        self.modalities = sorted(feature_dims)
+        self.extractors = nn.ModuleDict(
+            {
+                m: ModalityExtractor(
+                    feature_dims[m], p.extractor_hidden, p.modality_dim, p.activation, p.dropout
+                )
+                for m in self.modalities
+            }
+        )
+        self.fusion = Fusion(p.modality_dim * len(self.modalities), p.latent_dim, p.activation)
+        if p.extractor_objective == "align":
+            self.align_head = nn.Linear(p.latent_dim, p.hidden[-1])
+        elif p.extractor_objective == "reconstruct":
+            self.reconstruct_heads = nn.ModuleDict(
+                {m: nn.Linear(p.modality_dim, feature_dims[m]) for m in self.modalities}
+            )
+        self.attention = RatingCrossAttention(n_users, p.latent_dim, p.heads)
+        self.ffn = nn.Linear(p.latent_dim, n_users)
+        if p.refine == "residual":  # fine-tuning starts exactly at the pretrained model
+            nn.init.zeros_(self.ffn.weight)
+            nn.init.zeros_(self.ffn.bias)
+        self.features: dict[str, torch.Tensor] = {}
+        self.query_rows: sp.csr_matrix | None = None
+        self._fused: torch.Tensor | None = None  # (n_items, l) cache for scoring
+
+    # ----------------------------------------------------------------- set-up and phases
+
+    def setup(
+        self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
+    ) -> None:
+        super().setup(train, features, guard)
+        missing = sorted(set(self.modalities) - set(features))
+        if missing:
+            raise ValueError(f"cadmr was built for modalities {self.modalities}; missing {missing}")
+        for m in self.modalities:
+            if features[m].shape != (self.n_items, self.feature_dims[m]):
+                raise ValueError(
+                    f"{m} features have shape {features[m].shape}, expected "
+                    f"{(self.n_items, self.feature_dims[m])}"
+                )
+        with warnings.catch_warnings():  # read-only arrays: the model never writes to them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.features = {
+                m: torch.as_tensor(np.asarray(features[m], dtype=np.float32))
+                for m in self.modalities
+            }
+        # the cross-attention queries are the same training rows as the autoencoder's input;
+        # checked under their own name so a leak reports which use it reached
+        self.query_rows = guard.check(
+            self.item_user, "CADMR cross-attention query", layout="item_user"
+        )
+
+    def phases(self) -> tuple[str, ...]:
+        return ("pretrain", "finetune")
+
+    def start_phase(self, phase: str) -> None:
+        super().start_phase(phase)
+        self._fused = None
+
+    def make_optimizer(self, tc: Any) -> torch.optim.Optimizer:
+        lr = tc.learning_rate
+        if self.phase == "finetune" and self.params.finetune_learning_rate > 0:
+            lr = self.params.finetune_learning_rate
+        return paper_adam(self.parameters(), lr, tc.weight_decay)
+
+    # ----------------------------------------------------------------- the multimodal path
+
+    def modality_codes(
+        self, items: np.ndarray | None = None, features: Mapping[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """h_m of eq. (1) per modality, (N, modality_dim); all items when ``items`` is None."""
+        features = self.features if features is None else features
+        index = None if items is None else torch.from_numpy(np.asarray(items, dtype=np.int64))
+        return {
+            m: self.extractors[m](features[m] if index is None else features[m][index])
+            for m in self.modalities
+        }
+
+    def fuse(self, codes: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """h_f of eq. (3): (N, latent_dim)."""
+        return self.fusion(torch.cat([codes[m] for m in self.modalities], dim=1))
+
+    def total_correlation(self, codes: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Sum over modalities of the TC penalty of h_m (eq. (2), sign per docs/CADMR.md)."""
+        estimator = TC_ESTIMATORS[self.params.tc_estimator]
+        return sum((estimator(codes[m]) for m in self.modalities), torch.zeros(()))
+
+    def context(self, items: np.ndarray, fused: torch.Tensor) -> torch.Tensor:
+        """What the FFN maps back to U for ``items``: the cross-attention output over all
+        items, or (without CA) the item's own value vector; (B, latent_dim)."""
+        if self.params.use_attention:
+            return self.attention(to_torch_sparse(self.query_rows[items]), fused)
+        index = torch.from_numpy(np.asarray(items, dtype=np.int64))
+        return self.attention.value(fused[index])
+
+    def refine(self, items: np.ndarray, fused: torch.Tensor) -> torch.Tensor:
+        """The autoencoder's fine-tuning input for ``items``: (B, n_users) dense."""
+        delta = self.ffn(self.context(items, fused))
+        if self.params.refine == "replace":
+            return delta
+        return torch.from_numpy(self.item_user[items].toarray()) + delta
+
+    # ----------------------------------------------------------------- training
+
+    def loss(self, batch: ItemBatch) -> torch.Tensor:
+        if self.phase == "pretrain":
+            return self._pretrain_loss(batch.items)
+        codes = self.modality_codes()  # all items: keys and values span the catalogue
+        out = self(self.refine(batch.items, self.fuse(codes)))
+        loss = self.reconstruction_loss(out, self.target_rows(batch.items)) + self.penalty()
+        if self.params.tc_weight > 0:
+            loss = loss + self.params.tc_weight * self.total_correlation(codes)
+        return loss
+
+    def _pretrain_loss(self, items: np.ndarray) -> torch.Tensor:
+        """Autoencoder loss (exactly kernel_ae's) + the extractors' objective and TC."""
+        p = self.params
+        code = self.encode(to_torch_sparse(self.item_user[items]))
+        loss = (
+            self.reconstruction_loss(self.decoder(code), self.target_rows(items)) + self.penalty()
+        )
+        codes = self.modality_codes(items)
+        if p.extractor_objective == "align":
+            loss = loss + F.mse_loss(self.align_head(self.fuse(codes)), code.detach())
+        elif p.extractor_objective == "reconstruct":
+            for m in self.modalities:
+                target = F.layer_norm(
+                    self.features[m][torch.from_numpy(items)], (self.feature_dims[m],)
+                )
+                loss = loss + F.mse_loss(self.reconstruct_heads[m](codes[m]), target)
+        if p.tc_weight > 0 and len(items) > 1:
+            loss = loss + p.tc_weight * self.total_correlation(codes)
+        return loss
+
+    # ----------------------------------------------------------------- scoring
+
+    def input_rows(self, items: np.ndarray) -> torch.Tensor:
+        if self.phase == "finetune":
+            if self._fused is None:
+                self._fused = self.fuse(self.modality_codes())
+            return self.refine(items, self._fused)
+        return super().input_rows(items)
+
+    @torch.no_grad()
+    def prepare_scoring(self) -> None:
+        self._fused = self.fuse(self.modality_codes()) if self.phase == "finetune" else None
+        super().prepare_scoring()
+
+    def batches(self, rng: np.random.Generator, batch_size: int):
+        self._fused = None  # parameters will change
+        return super().batches(rng, batch_size)
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        super().load_state(state)
+        self._fused = None
+
+    # ----------------------------------------------------------------- explanations
+
+    def _require_finetuned(self) -> None:
+        if self.phase != "finetune":
+            raise ValueError(
+                "explanations need a fine-tuned CADMR (a best.pt, not best-pretrain.pt)"
+            )
+        if not self.params.use_attention:
+            raise ValueError("this CADMR was trained without cross-attention; nothing to explain")
+
+    @torch.no_grad()
+    def attention_weights(self, items: np.ndarray) -> torch.Tensor:
+        """Attention probabilities of the query items over all items: (heads, B, n_items)."""
+        self._require_finetuned()
+        was_training = self.training
+        self.eval()
+        try:
+            fused = self.fuse(self.modality_codes())
+            rows = to_torch_sparse(self.query_rows[np.asarray(items, dtype=np.int64)])
+            return self.attention.weights(rows, fused)
+        finally:
+            self.train(was_training)
+
+    def _occluded(self, m: str) -> dict[str, torch.Tensor]:
+        """Features with modality ``m`` replaced by its catalogue mean for every item."""
+        feats = dict(self.features)
+        feats[m] = feats[m].mean(dim=0, keepdim=True).expand_as(feats[m])
+        return feats
+
+    @staticmethod
+    def _shares(effects: Mapping[str, float]) -> dict[str, float]:
+        total = sum(effects.values())
+        n = len(effects)
+        return {m: (e / total if total > 0 else 1.0 / n) for m, e in effects.items()}
+
+    @staticmethod
+    def _top(weights: torch.Tensor, top: int) -> list[tuple[int, float]]:
+        values, index = torch.topk(weights, min(top, weights.numel()))
+        return [(int(i), float(v)) for i, v in zip(index, values, strict=True)]
+
+    @torch.no_grad()
+    def explain_item(self, item: int, top: int = 10) -> Explanation:
+        """Items the cross-attention of ``item``'s row attended to most (mean over heads),
+        and each modality's share of the occlusion effect on that attention output."""
+        self._check_item(item)
+        items = np.array([item])
+        weights = self.attention_weights(items).mean(dim=0)[0]  # (n_items,)
+        return Explanation(
+            f"item {item}", [], self._top(weights, top), self._attention_occlusion(items)
+        )
+
+    @torch.no_grad()
+    def explain_user(self, user: int, k: int = 10, top: int = 10) -> Explanation:
+        """The user's top-``k`` recommendations, the items their rows attended to most
+        (mean over heads and over the recommended items), and each modality's share of the
+        occlusion effect on the user's scores of those items."""
+        recs, scores = self.recommend(np.array([user]), k=k)
+        items = recs[0][recs[0] >= 0]
+        if len(items) == 0:
+            raise ValueError(f"user {user} has no unseen item to recommend")
+        weights = self.attention_weights(items).mean(dim=(0, 1))  # (n_items,)
+        return Explanation(
+            f"user {user}",
+            [(int(i), float(s)) for i, s in zip(items, scores[0], strict=False)],
+            self._top(weights, top),
+            self._score_occlusion(user, items),
+        )
+
+    def _check_item(self, item: int) -> None:
+        if not 0 <= item < self.n_items:
+            raise IndexError(f"item {item} is not in 0..{self.n_items - 1}")
+
+    def _attention_occlusion(self, items: np.ndarray) -> dict[str, float]:
+        self.eval()
+        base = self.context(items, self.fuse(self.modality_codes()))
+        effects = {}
+        for m in self.modalities:
+            other = self.context(items, self.fuse(self.modality_codes(features=self._occluded(m))))
+            effects[m] = float((base - other).norm(dim=1).mean())
+        return self._shares(effects)
+
+    def _score_occlusion(self, user: int, items: np.ndarray) -> dict[str, float]:
+        self.eval()
+        cols = torch.tensor([user])
+
+        def scores(features: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+            fused = self.fuse(self.modality_codes(features=features))
+            return self.decoder.forward_columns(self.encode(self.refine(items, fused)), cols)
+
+        base = scores(None)
+        effects = {
+            m: float((base - scores(self._occluded(m))).abs().mean()) for m in self.modalities
+        }
+        return self._shares(effects)
