@@ -57,7 +57,7 @@ def test_config_file_and_set_precedence(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "-m", "nope", "-d", "synthetic-tiny"], "registered models: bpr, ease"),
+        (["train", "-m", "nope", "-d", "synthetic-tiny"], "registered models: bpr, cadmr, ease"),
         (["train", "-m", "bpr", "-d", "synthetic-tiny", "--set", "train.epoch=3"], "train.epoch"),
         (["train", "-m", "bpr", "-d", "no-such-data"], "neither a folder nor a synthetic"),
         (["data", "describe", "synthetic-huge"], "unknown synthetic preset"),
