@@ -94,3 +94,25 @@ def test_console_script_entry_point():
         [sys.executable, "-m", "cadmr.cli", "--version"], capture_output=True, text=True
     )
     assert res.returncode == 0 and res.stdout.startswith("cadmr ")
+
+
+def test_explain_item_and_user(tmp_path, capsys):
+    out = tmp_path / "cadmr"
+    args = ["train", "-m", "cadmr", "-d", "synthetic-tiny", "--out", str(out), "--quiet"]
+    args += ["--set", "train.epochs=2", "--set", "params.hidden=[16,8]"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["explain", str(out / "best.pt"), "--item", "3", "--top", "4"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("item 3 (synthetic-tiny, 4 heads)")
+    assert shown.count("  item ") == 4 and "text" in shown and "image" in shown
+    assert main(["explain", str(out / "best.pt"), "--user", "2", "-k", "3"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("user 2") and shown.splitlines()[1].count("(") == 3
+    # a model without attention, and a bad item, are one-line errors
+    bpr = _train(tmp_path)
+    capsys.readouterr()
+    assert main(["explain", str(bpr / "best.pt"), "--item", "0"]) == 2
+    assert "no attention to explain" in capsys.readouterr().err
+    assert main(["explain", str(out / "best.pt"), "--item", "99999"]) == 2
+    assert "item 99999 is not in" in capsys.readouterr().err

@@ -71,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset (default: the one it was trained on)")
     _add_data_dir(p)
 
+    p = sub.add_parser("explain", help="what a CADMR checkpoint attended to for an item or a user")
+    p.add_argument("checkpoint")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--item", type=int, help="explain this item's attention")
+    who.add_argument("--user", type=int, help="explain this user's top recommendations")
+    p.add_argument("-k", type=int, default=10, help="recommendations to explain (--user)")
+    p.add_argument("--top", type=int, default=10, help="attended items to list")
+    p.add_argument("--dataset", help="dataset (default: the one it was trained on)")
+    _add_data_dir(p)
+
     p = sub.add_parser("data", help="dataset utilities")
     dsub = p.add_subparsers(dest="data_command", required=True)
     d = dsub.add_parser("describe", help="sizes, splits, sparsity and modalities of a dataset")
@@ -148,6 +158,28 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    model, ck, dataset = _load_for_checkpoint(args)
+    if not hasattr(model, "explain_item"):
+        raise ValueError(
+            f"{ck['config']['model']} has no attention to explain; use a cadmr checkpoint"
+        )
+    if args.item is not None:
+        exp = model.explain_item(args.item, top=args.top)
+    else:
+        exp = model.explain_user(args.user, k=args.k, top=args.top)
+    print(f"{exp.subject} ({dataset.name}, {model.params.heads} heads)")
+    if exp.recommended:
+        print("recommended: " + ", ".join(f"{i} ({s:.3f})" for i, s in exp.recommended))
+    print("attended items (attention weight, mean over heads):")
+    for i, w in exp.attended:
+        print(f"  item {i:>7d}  {w:.4f}")
+    print("modalities (share of the occlusion effect):")
+    for m, share in sorted(exp.modalities.items(), key=lambda kv: -kv[1]):
+        print(f"  {m:<10s} {share:6.1%}")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from cadmr.data.describe import describe_text
     from cadmr.data.sources import resolve_dataset
@@ -198,6 +230,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "recommend": cmd_recommend,
+    "explain": cmd_explain,
     "data": cmd_data,
     "demo": cmd_demo,
     "models": cmd_models,

@@ -444,6 +444,7 @@ def run(
         "test": test,
         "seconds_per_epoch": best["seconds_per_epoch"],
         "eval_seconds": best["eval_seconds"],
+        **({"phases": best["phases"]} if "phases" in best else {}),
         "threads": threads,
         "checkpoint": best["checkpoint"],
         "config": config.to_dict(),

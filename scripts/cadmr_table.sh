@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# CADMR, its ablations, the autoencoder alone and two references on one dataset, over seeds;
+# every choice (epochs, EASE's lambda) made on validation. Usage:
+#   scripts/cadmr_table.sh DATASET [SEED ...]      (default seeds 0 1 2)
+# then: .venv/bin/python scripts/seed_table.py runs/table/DATASET
+# Runs are resumable: finished runs (results.json present) are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dataset=$1; shift
+seeds=("${@:-0 1 2}")
+common=(--quiet --set train.patience=10 --set train.num_threads=1)
+declare -A variants=(
+  [cadmr]=""
+  [cadmr-no-tc]="--set params.tc_weight=0"
+  [cadmr-no-ca]="--set params.use_attention=false"
+  [kernel_ae]=""
+  [ease]=""
+  [lightgcn]=""
+)
+for seed in ${seeds[@]}; do
+  for v in cadmr cadmr-no-tc cadmr-no-ca kernel_ae ease lightgcn; do
+    out=runs/table/$dataset/$v-seed$seed
+    [[ -f $out/results.json ]] && continue
+    model=${v%%-*}
+    # shellcheck disable=SC2086
+    .venv/bin/cadmr train -m "$model" -d "$dataset" --seed "$seed" --out "$out" \
+      "${common[@]}" ${variants[$v]} > /dev/null
+    echo "$(date +%T) $dataset $v seed $seed done"
+  done
+done

@@ -1,0 +1,346 @@
+"""CADMR, equation by equation (paper eqs. (1)-(5), docs/CADMR.md decisions).
+
+The shared contract (tests/models/test_contract.py) covers determinism, checkpoints, the
+leaked-pair check and the known-answer task; these are CADMR's own checks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from cadmr.data import Dataset, LeakageGuard
+from cadmr.data.synthetic import SyntheticSpec, make_synthetic
+from cadmr.models.cadmr import CADMR, CADMRParams, ModalityExtractor
+from cadmr.models.disentangle import (
+    correlation_matrix,
+    decorrelation_penalty,
+    gaussian_total_correlation,
+)
+from cadmr.models.kernel_ae import KernelAE, KernelAEParams
+from cadmr.train.resolve import resolve_run_config
+from cadmr.train.trainer import load_model, run
+
+SMALL = {"hidden": (16, 8), "latent_dim": 8, "modality_dim": 6, "extractor_hidden": 12}
+
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    """60 users x 40 items with two modalities of different widths."""
+    spec = SyntheticSpec(
+        n_users=60,
+        n_items=40,
+        n_interactions=600,
+        n_groups=2,
+        modalities=(("text", 10), ("image", 7)),
+    )
+    return make_synthetic(spec, seed=0)
+
+
+def ready(data: Dataset, phase: str = "pretrain", **params) -> CADMR:
+    torch.manual_seed(0)
+    model = CADMR(CADMRParams(**{**SMALL, **params}), data.n_users, data.n_items, data.modalities)
+    model.setup(data.train, data.features, LeakageGuard(data))
+    model.start_phase(phase)
+    return model
+
+
+# ---------------------------------------------------------------- eq. (1) and (3): shapes
+
+
+def test_extractor_is_layernorm_linear_act_dropout_twice():
+    ext = ModalityExtractor(10, 12, 6, "gelu", 0.2)
+    kinds = [type(m).__name__ for m in ext]
+    assert kinds == ["LayerNorm", "Linear", "GELU", "Dropout", "Linear", "GELU", "Dropout"]
+    assert ext[3].p == ext[6].p == 0.2
+    assert ext(torch.randn(5, 10)).shape == (5, 6)
+
+
+def test_shapes_for_any_modalities(data):
+    model = ready(data)
+    codes = model.modality_codes()
+    assert {m: tuple(h.shape) for m, h in codes.items()} == {"image": (40, 6), "text": (40, 6)}
+    assert model.modality_codes(np.array([3, 5]))["text"].shape == (2, 6)
+    fused = model.fuse(codes)
+    assert fused.shape == (40, 8)
+    assert model.context(np.array([1, 2, 3]), fused).shape == (3, 8)
+    assert model.refine(np.array([1, 2, 3]), fused).shape == (3, data.n_users)
+    assert model(model.refine(np.array([1, 2]), fused)).shape == (2, data.n_users)
+
+
+def test_one_modality_of_any_width_trains(tmp_path):
+    one = make_synthetic(
+        SyntheticSpec(
+            n_users=40, n_items=30, n_interactions=400, n_groups=2, modalities=(("audio", 3),)
+        ),
+        seed=0,
+    )
+    cfg = resolve_run_config(
+        "cadmr",
+        "one",
+        extra={"train": {"epochs": 2, "progress": False}, "params": dict(SMALL)},
+    )
+    results = run(cfg, one, tmp_path, echo=False)
+    assert [p["phase"] for p in results["phases"]] == ["pretrain", "finetune"]
+    assert np.isfinite(results["test"]["recall@10"])
+
+
+def test_no_modality_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least one item modality"):
+        CADMR(CADMRParams(**SMALL), 5, 4, {})
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"heads": 3}, "must divide latent_dim"),
+        ({"global_kernel": True}, "option of kernel_ae"),
+        ({"refine": "add"}, "refine must be one of"),
+        ({"tc_estimator": "kde"}, "tc_estimator must be one of"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"tc_weight": -1.0}, "tc_weight"),
+    ],
+)
+def test_bad_params_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        CADMRParams(**{**SMALL, **bad})
+
+
+# ---------------------------------------------------------------- eq. (2): total correlation
+
+
+def test_total_correlation_near_zero_for_independent_dimensions():
+    h = torch.randn(20_000, 8, generator=torch.Generator().manual_seed(0))
+    assert float(gaussian_total_correlation(h)) < 0.01
+    assert float(decorrelation_penalty(h)) < 0.01
+
+
+def test_total_correlation_large_for_correlated_dimensions():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(5_000, 4, generator=g)
+    h = torch.cat([base, base + 0.1 * torch.randn(5_000, 4, generator=g)], dim=1)
+    # each copied dimension has correlation 0.995 with its twin: I = -0.5 log(1 - rho^2) each
+    expected = 8 * -0.5 * np.log(1 - (1 / np.sqrt(1.01)) ** 2)
+    assert float(gaussian_total_correlation(h)) == pytest.approx(expected, rel=0.05)
+    assert float(decorrelation_penalty(h)) == pytest.approx(4 * (1 / 1.01), rel=0.05)
+
+
+def test_total_correlation_is_scale_invariant_and_differentiable():
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(500, 5, generator=g)
+    h[:, 1] += h[:, 0]
+    scaled = h * torch.tensor([1.0, 100.0, 0.01, 3.0, 1.0])
+    torch.testing.assert_close(gaussian_total_correlation(h), gaussian_total_correlation(scaled))
+    h.requires_grad_(True)
+    gaussian_total_correlation(h).backward()
+    assert torch.isfinite(h.grad).all() and h.grad.abs().sum() > 0
+
+
+def test_constant_dimension_does_not_break_the_estimators():
+    h = torch.randn(100, 3)
+    h[:, 2] = 1.0
+    assert torch.isfinite(gaussian_total_correlation(h))
+    assert correlation_matrix(h)[2].abs().max() == 0
+
+
+# ---------------------------------------------------------------- eq. (4): cross-attention
+
+
+def test_attention_rows_sum_to_one_and_match_the_fast_kernel(data):
+    model = ready(data, phase="finetune", heads=4)
+    items = np.array([0, 7, 39])
+    weights = model.attention_weights(items)
+    assert weights.shape == (4, 3, data.n_items)
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(4, 3))
+    model.eval()
+    with torch.no_grad():
+        fused = model.fuse(model.modality_codes())
+        att = model.attention
+        v = att._split(att.value(fused))  # (heads, I, l / heads)
+        by_hand = (weights @ v).transpose(0, 1).reshape(3, -1)
+        torch.testing.assert_close(model.context(items, fused), by_hand, rtol=1e-5, atol=1e-6)
+
+
+def test_residual_refinement_starts_at_the_pretrained_model(data):
+    model = ready(data, phase="pretrain")
+    model.eval()
+    users = np.arange(data.n_users)
+    before = model.score(users)
+    model.start_phase("finetune")
+    torch.testing.assert_close(model.score(users), before)
+
+
+def test_without_cross_attention_uses_each_items_own_value(data):
+    model = ready(data, phase="finetune", use_attention=False)
+    model.eval()
+    with torch.no_grad():
+        fused = model.fuse(model.modality_codes())
+        items = np.array([2, 4])
+        torch.testing.assert_close(model.context(items, fused), model.attention.value(fused[items]))
+    with pytest.raises(ValueError, match="without cross-attention"):
+        model.explain_item(0)
+
+
+def test_scoring_attends_in_query_blocks(data, monkeypatch):
+    """Never an I x I attention: the query side is at most ``scoring_block`` items."""
+    model = ready(data, phase="finetune")
+    model.scoring_block = 7
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append((q.shape[1], k.shape[1]))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model.eval()
+    model.prepare_scoring()
+    assert max(q for q, _ in seen) <= 7 and all(k == data.n_items for _, k in seen)
+    assert sum(q for q, _ in seen) == data.n_items
+
+
+# ---------------------------------------------------------------- eq. (5) and the phases
+
+
+def _groups(model: CADMR) -> dict[str, set[str]]:
+    groups: dict[str, set[str]] = {}
+    for name, _ in model.named_parameters():
+        groups.setdefault(name.split(".")[0], set()).add(name)
+    return groups
+
+
+def _reached(model: CADMR, steps: int = 2) -> set[str]:
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    reached: set[str] = set()
+    model.train()
+    for _ in range(steps):
+        batch = next(iter(model.batches(np.random.default_rng(0), 16)))
+        opt.zero_grad()
+        model.loss(batch).backward()
+        reached |= {n for n, p in model.named_parameters() if p.grad is not None and p.grad.any()}
+        opt.step()
+    return reached
+
+
+def test_pretraining_trains_autoencoder_and_extractors_not_attention(data):
+    model = ready(data, phase="pretrain")
+    reached = _reached(model)
+    groups = _groups(model)
+    for g in ("encoder", "decoder", "extractors", "fusion", "align_head"):
+        assert groups[g] <= reached, g
+    assert not (groups["attention"] | groups["ffn"]) & reached
+
+
+def test_finetuning_reaches_every_group_end_to_end(data):
+    model = ready(data, phase="finetune")
+    reached = _reached(model)
+    groups = _groups(model)
+    for g in ("encoder", "decoder", "extractors", "fusion", "attention", "ffn"):
+        assert groups[g] <= reached, g
+
+
+def test_finetune_loss_is_mse_plus_penalty_plus_lambda_tc(data):
+    model = ready(data, phase="finetune", tc_weight=0.5)
+    model.eval()  # no dropout: both sides see the same codes
+    items = np.arange(10)
+    from cadmr.models.kernel_ae import ItemBatch
+
+    with torch.no_grad():
+        codes = model.modality_codes()
+        out = model(model.refine(items, model.fuse(codes)))
+        mse = ((out - model.target_rows(items)) ** 2).mean()
+        tc = gaussian_total_correlation(codes["image"]) + gaussian_total_correlation(codes["text"])
+        expected = mse + model.penalty() + 0.5 * tc
+        torch.testing.assert_close(model.loss(ItemBatch(items)), expected)
+
+
+def test_reconstruct_objective_trains_its_heads(data):
+    model = ready(data, extractor_objective="reconstruct")
+    assert _groups(model)["reconstruct_heads"] <= _reached(model)
+
+
+def test_pretraining_phase_is_the_autoencoder_alone(data, tmp_path):
+    """Same seed: CADMR's pretraining reproduces kernel_ae's validation curve exactly."""
+    common = {"train": {"epochs": 3, "progress": False}}
+    ae_params = {"hidden": [16, 8]}
+    ae = run(
+        resolve_run_config("kernel_ae", "d", extra={**common, "params": ae_params}),
+        data,
+        tmp_path / "ae",
+        echo=False,
+    )
+    full = run(
+        resolve_run_config("cadmr", "d", extra={**common, "params": SMALL}),
+        data,
+        tmp_path / "cadmr",
+        echo=False,
+    )
+    assert full["phases"][0]["valid"] == ae["valid"]
+    assert full["phases"][0]["best_epoch"] == ae["best_epoch"]
+
+
+# ---------------------------------------------------------------- leakage guard
+
+
+def test_query_and_autoencoder_rows_pass_the_guard(data, monkeypatch):
+    checked = []
+    real = LeakageGuard.check
+
+    def spy(self, matrix, what, layout="user_item"):
+        checked.append((what, layout))
+        return real(self, matrix, what, layout)
+
+    monkeypatch.setattr(LeakageGuard, "check", spy)
+    ready(data)
+    assert ("CADMR cross-attention query", "item_user") in checked
+    assert ("kernel AE input/target", "item_user") in checked
+
+
+def test_leaked_pair_in_query_rows_is_refused(data):
+    model = CADMR(CADMRParams(**SMALL), data.n_users, data.n_items, data.modalities)
+    v = data.valid.tocoo()
+    leaked = sp.csr_matrix(
+        data.train + sp.csr_matrix(([1.0], ([v.row[0]], [v.col[0]])), shape=data.train.shape)
+    )
+    from cadmr.data.leakage import LeakageError
+
+    with pytest.raises(LeakageError):
+        model.setup(leaked, data.features, LeakageGuard(data))
+
+
+# ---------------------------------------------------------------- explanations
+
+
+def test_explanations(data, tmp_path):
+    cfg = resolve_run_config(
+        "cadmr", "d", extra={"train": {"epochs": 2, "progress": False}, "params": SMALL}
+    )
+    results = run(cfg, data, tmp_path, echo=False)
+    model, _ = load_model(results["checkpoint"], data)
+    exp = model.explain_item(3, top=5)
+    weights = [w for _, w in exp.attended]
+    assert len(exp.attended) == 5 and weights == sorted(weights, reverse=True)
+    full = model.attention_weights(np.array([3])).mean(dim=0)[0]
+    assert exp.attended[0][0] == int(full.argmax())
+    assert set(exp.modalities) == {"image", "text"}
+    assert sum(exp.modalities.values()) == pytest.approx(1.0)
+
+    user = model.explain_user(0, k=4, top=3)
+    recommended = [i for i, _ in user.recommended]
+    assert len(recommended) == 4 and not set(recommended) & set(data.train[0].indices)
+    assert sum(user.modalities.values()) == pytest.approx(1.0)
+    with pytest.raises(IndexError):
+        model.explain_item(data.n_items)
+
+    pretrained, _ = load_model(tmp_path / "best-pretrain.pt", data)
+    with pytest.raises(ValueError, match="fine-tuned"):
+        pretrained.explain_item(0)
+
+
+def test_kernel_ae_params_are_a_subset():
+    """CADMR's autoencoder settings are kernel_ae's: one config vocabulary for both."""
+    ae_fields = set(KernelAEParams.__dataclass_fields__)
+    assert ae_fields < set(CADMRParams.__dataclass_fields__)
+    assert issubclass(CADMR, KernelAE)
