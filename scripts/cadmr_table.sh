@@ -4,18 +4,21 @@
 #   scripts/cadmr_table.sh DATASET [SEED ...]      (default seeds 0 1 2)
 # then: .venv/bin/python scripts/seed_table.py runs/table/DATASET
 # Runs are resumable: finished runs (results.json present) are skipped.
+# The autoencoder-based runs use patience 5 and at most 60 epochs per phase (the 2-core
+# budget); LightGCN keeps its defaults (patience 20, up to 1000 epochs), so the reference is
+# not starved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dataset=$1; shift
 seeds=("${@:-0 1 2}")
-common=(--quiet --set train.patience=10 --set train.num_threads=1)
+common=(--quiet --set train.patience=5 --set train.epochs=60 --set train.num_threads=1)
 declare -A variants=(
   [cadmr]=""
   [cadmr-no-tc]="--set params.tc_weight=0"
   [cadmr-no-ca]="--set params.use_attention=false"
   [kernel_ae]=""
   [ease]=""
-  [lightgcn]=""
+  [lightgcn]="--set train.patience=20 --set train.epochs=1000"
 )
 for seed in ${seeds[@]}; do
   for v in cadmr cadmr-no-tc cadmr-no-ca kernel_ae ease lightgcn; do

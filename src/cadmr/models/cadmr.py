@@ -55,7 +55,7 @@ from torch import nn
 from cadmr.data.leakage import LeakageGuard
 from cadmr.models.disentangle import TC_ESTIMATORS
 from cadmr.models.kernel_ae import ItemBatch, KernelAE, KernelAEParams, paper_adam
-from cadmr.models.layers import to_torch_sparse
+from cadmr.models.layers import shared_kernels, to_torch_sparse
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -332,6 +332,10 @@ class CADMR(KernelAE):
     # ----------------------------------------------------------------- training
 
     def loss(self, batch: ItemBatch) -> torch.Tensor:
+        with shared_kernels(self.kernel_layers()):
+            return self._loss(batch)
+
+    def _loss(self, batch: ItemBatch) -> torch.Tensor:
         if self.phase == "pretrain":
             return self._pretrain_loss(batch.items)
         codes = self.modality_codes()  # all items: keys and values span the catalogue

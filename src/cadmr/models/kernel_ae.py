@@ -55,7 +55,7 @@ from torch import nn
 
 from cadmr.data.leakage import LeakageGuard
 from cadmr.models.base import TorchRecommender
-from cadmr.models.layers import LocalKernelLayer, to_torch_sparse
+from cadmr.models.layers import LocalKernelLayer, shared_kernels, to_torch_sparse
 
 SCORING_BLOCK = 4096  # items per block when encoding the whole catalogue for scoring
 
@@ -225,7 +225,7 @@ class KernelAE(TorchRecommender):
         p = self.params
         n_terms = self.n_items * (self.n_users if p.loss == "mse" else 1)
         total = torch.zeros(())
-        for layer in (*self.encoder, self.decoder):
+        for layer in self.kernel_layers():
             weight, kernel = layer.penalties()  # the global kernel map is not penalised
             total = total + p.lambda_2 * weight + p.lambda_s * kernel
         return total / (2.0 * n_terms)
@@ -239,9 +239,13 @@ class KernelAE(TorchRecommender):
             sq = sq * (1.0 + (self.params.pos_weight - 1.0) * target)
         return sq.mean()
 
+    def kernel_layers(self) -> tuple[LocalKernelLayer, ...]:
+        return (*self.encoder, self.decoder)
+
     def loss(self, batch: ItemBatch) -> torch.Tensor:
-        out = self(self.input_rows(batch.items))  # (B, n_users)
-        return self.reconstruction_loss(out, self.target_rows(batch.items)) + self.penalty()
+        with shared_kernels(self.kernel_layers()):
+            out = self(self.input_rows(batch.items))  # (B, n_users)
+            return self.reconstruction_loss(out, self.target_rows(batch.items)) + self.penalty()
 
     @torch.no_grad()
     def prepare_scoring(self) -> None:
