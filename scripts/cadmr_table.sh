@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # CADMR, its ablations, the autoencoder alone and two references on one dataset, over seeds;
 # every choice (epochs, EASE's lambda) made on validation. Usage:
-#   scripts/cadmr_table.sh DATASET [SEED ...]      (default seeds 0 1 2)
+#   [AE_SETS="--set params.pos_weight=3"] scripts/cadmr_table.sh DATASET [SEED ...]
+# (default seeds 0 1 2). AE_SETS goes to the autoencoder-based runs (cadmr*, kernel_ae):
+# the positive weight chosen for the dataset on validation (docs/cadmr.md).
 # then: .venv/bin/python scripts/seed_table.py runs/table/DATASET
 # Runs are resumable: finished runs (results.json present) are skipped.
 # The autoencoder-based runs use patience 5 and at most 60 epochs per phase (the 2-core
@@ -25,9 +27,11 @@ for seed in ${seeds[@]}; do
     out=runs/table/$dataset/$v-seed$seed
     [[ -f $out/results.json ]] && continue
     model=${v%%-*}
+    ae=""
+    [[ $model == cadmr || $model == kernel_ae ]] && ae=${AE_SETS:-}
     # shellcheck disable=SC2086
     .venv/bin/cadmr train -m "$model" -d "$dataset" --seed "$seed" --out "$out" \
-      "${common[@]}" ${variants[$v]} > /dev/null
+      "${common[@]}" ${variants[$v]} $ae > /dev/null
     echo "$(date +%T) $dataset $v seed $seed done"
   done
 done

@@ -250,7 +250,9 @@ def test_finetune_loss_is_mse_plus_penalty_plus_lambda_tc(data):
     with torch.no_grad():
         codes = model.modality_codes()
         out = model(model.refine(items, model.fuse(codes)))
-        mse = ((out - model.target_rows(items)) ** 2).mean()
+        target = model.target_rows(items)
+        weight = 1 + (model.params.pos_weight - 1) * target  # positives weighted (default 10)
+        mse = (weight * (out - target) ** 2).mean()
         tc = gaussian_total_correlation(codes["image"]) + gaussian_total_correlation(codes["text"])
         expected = mse + model.penalty() + 0.5 * tc
         torch.testing.assert_close(model.loss(ItemBatch(items)), expected)

@@ -126,7 +126,7 @@ def test_weighted_mse_by_hand(pos_weight):
 
 def test_pos_weight_scales_only_the_positive_errors():
     data = tiny_dataset()
-    plain = ready_model(data, hidden=(4, 3), lambda_2=0.0, lambda_s=0.0)
+    plain = ready_model(data, hidden=(4, 3), lambda_2=0.0, lambda_s=0.0, pos_weight=1.0)
     weighted = ready_model(data, hidden=(4, 3), lambda_2=0.0, lambda_s=0.0, pos_weight=5.0)
     batch = ItemBatch(np.arange(data.n_items))
     x, target = plain.input_rows(batch.items), plain.target_rows(batch.items)

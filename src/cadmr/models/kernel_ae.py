@@ -67,7 +67,9 @@ class KernelAEParams:
     kernel_dim: Dimension of the unit embeddings u, v of every local kernel (GLocal-K: 5).
     lambda_2: GLocal-K's L2 weight on W (sum-loss scale; divided as the module says).
     lambda_s: GLocal-K's L2 weight on the kernels k (sum-loss scale; likewise).
-    pos_weight: Weight of the positive entries in the squared error (weighted MSE).
+    pos_weight: Weight of the positive entries in the squared error (weighted MSE). The
+        default 10 was chosen on validation (docs/cadmr.md: 1 -> 10 lifts valid Recall@20
+        from 0.239 to 0.496 on synthetic-small, 0.280 to 0.396 on lfm2k; ml100k is flat).
     loss: "mse" (weighted MSE over all entries) or "multinomial" (softmax over users).
     global_kernel: Add GLocal-K's global-kernel fine-tuning phase after pretraining.
     global_kernel_size: Side g of the global convolution kernel (GLocal-K: 3; odd).
@@ -77,7 +79,7 @@ class KernelAEParams:
     kernel_dim: int = 5
     lambda_2: float = 20.0
     lambda_s: float = 0.006
-    pos_weight: float = 1.0
+    pos_weight: float = 10.0
     loss: Literal["mse", "multinomial"] = "mse"
     global_kernel: bool = False
     global_kernel_size: int = 3

@@ -1,0 +1,145 @@
+"""Seconds per epoch, FLOPs per epoch and peak memory of CADMR's two phases.
+
+Usage:
+    python benchmarks/cadmr_epoch.py [--datasets synthetic-baby lfm2k] [--threads 2]
+        [--batch-sizes 64 1024] [--max-batches 8]
+
+For each dataset, phase (pretrain, finetune) and item batch size, a fresh process builds
+the dataset and a default CADMR, times ``--max-batches`` training steps after one warm-up
+step and extrapolates to a full epoch (exact when the epoch has no more batches), counts
+the FLOPs of one step with torch's FlopCounterMode (dense ops only: the sparse products of
+the first layer and the attention queries are added analytically), and reports the peak
+resident memory of that process. The first lines state the machine: cores, torch threads
+and the measured fp32 matmul GFLOP/s, so each row can be read against the machine's limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import resource
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cadmr.data import LeakageGuard
+from cadmr.data.sources import resolve_dataset
+from cadmr.train.resolve import resolve_run_config
+from cadmr.train.trainer import build_model, make_optimizer
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Measured fp32 GFLOP/s of an n x n matmul with the current torch threads."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def _sparse_flops(model, items: np.ndarray, phase: str) -> float:
+    """FLOPs of the sparse products FlopCounterMode does not see (forward and backward)."""
+    nnz = model.item_user[items].nnz
+    flops = 2 * nnz * model.params.hidden[0] * 2  # first layer: forward + weight gradient
+    if phase == "finetune" and model.params.use_attention:
+        flops += 2 * nnz * model.params.latent_dim * 2  # attention queries
+    return float(flops)
+
+
+def measure(spec: str, phase: str, batch_size: int, max_batches: int, threads: int, out: mp.Queue):
+    torch.set_num_threads(threads)
+    dataset = resolve_dataset(spec)
+    config = resolve_run_config("cadmr", spec, extra={"train": {"batch_size": batch_size}})
+    model = build_model(config, config.params, dataset)
+    model.setup(dataset.train, dataset.features, LeakageGuard(dataset))
+    model.start_phase(phase)
+    optimizer = make_optimizer(model, config.train)
+    model.train()
+    batches = list(model.batches(np.random.default_rng(0), batch_size))
+
+    def step(batch) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model.loss(batch).backward()
+        optimizer.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step(batches[0])  # also the warm-up
+    step_flops = counter.get_total_flops() + _sparse_flops(model, batches[0].items, phase)
+    timed = batches[1 : 1 + max_batches] or batches[:1]
+    t0 = time.perf_counter()
+    for batch in timed:
+        step(batch)
+    per_item = (time.perf_counter() - t0) / sum(len(b.items) for b in timed)
+    epoch_s = per_item * dataset.n_items
+    epoch_flops = step_flops / len(batches[0].items) * dataset.n_items
+    out.put(
+        {
+            "dataset": dataset.name,
+            "size": f"{dataset.n_users}x{dataset.n_items}",
+            "phase": phase,
+            "batch": batch_size,
+            "batches": len(batches),
+            "timed": len(timed),
+            "epoch_s": epoch_s,
+            "gflop": epoch_flops / 1e9,
+            "gflops": epoch_flops / 1e9 / epoch_s,
+            "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["synthetic-baby", "lfm2k"])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 1024])
+    parser.add_argument("--max-batches", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, "
+        f"{len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, "
+        f"{args.threads} threads, fp32 matmul {matmul_gflops():.0f} GFLOP/s"
+    )
+    print()
+    print(
+        "| dataset | users x items | phase | item batch | batches/epoch | s/epoch | "
+        "GFLOP/epoch | achieved GFLOP/s | peak RSS GiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    ctx = mp.get_context("spawn")
+    for spec in args.datasets:
+        for phase in ("pretrain", "finetune"):
+            for batch_size in args.batch_sizes:
+                queue = ctx.Queue()
+                proc = ctx.Process(
+                    target=measure,
+                    args=(spec, phase, batch_size, args.max_batches, args.threads, queue),
+                )
+                proc.start()
+                proc.join()
+                if proc.exitcode != 0:
+                    print(
+                        f"| {spec} | - | {phase} | {batch_size} | failed (exit {proc.exitcode}) |"
+                    )
+                    continue
+                r = queue.get()
+                extrapolated = "" if r["timed"] + 1 >= r["batches"] else "*"
+                print(
+                    f"| {r['dataset']} | {r['size']} | {r['phase']} | {r['batch']} | "
+                    f"{r['batches']} | {r['epoch_s']:.1f}{extrapolated} | {r['gflop']:.0f} | "
+                    f"{r['gflops']:.1f} | {r['peak_gib']:.2f} |",
+                    flush=True,
+                )
+    print()
+    print(f"* extrapolated from {args.max_batches} timed steps after one warm-up step")
+
+
+if __name__ == "__main__":
+    main()
