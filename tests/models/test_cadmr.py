@@ -346,3 +346,11 @@ def test_kernel_ae_params_are_a_subset():
     ae_fields = set(KernelAEParams.__dataclass_fields__)
     assert ae_fields < set(CADMRParams.__dataclass_fields__)
     assert issubclass(CADMR, KernelAE)
+
+
+def test_finetune_batch_size_applies_to_the_finetune_phase_only(data):
+    model = ready(data, phase="pretrain", finetune_batch_size=25)
+    sizes = [len(b.items) for b in model.batches(np.random.default_rng(0), 10)]
+    assert sizes == [10, 10, 10, 10]
+    model.start_phase("finetune")
+    assert [len(b.items) for b in model.batches(np.random.default_rng(0), 10)] == [25, 15]

@@ -79,6 +79,9 @@ class CADMRParams(KernelAEParams):
             "align", "reconstruct" or "none" (module docstring).
         finetune_learning_rate: Adam's learning rate in the fine-tuning phase
             (0 = ``train.learning_rate``).
+        finetune_batch_size: Item rows per fine-tuning step (0 = ``train.batch_size``).
+            Each step runs the extractors over the whole catalogue, so on a large catalogue
+            larger fine-tuning batches cost far less per epoch (benchmarks/cadmr_epoch.py).
     """
 
     latent_dim: int = 64
@@ -93,6 +96,7 @@ class CADMRParams(KernelAEParams):
     refine: Literal["residual", "replace"] = "residual"
     extractor_objective: Literal["align", "reconstruct", "none"] = "align"
     finetune_learning_rate: float = 0.0
+    finetune_batch_size: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -108,8 +112,10 @@ class CADMRParams(KernelAEParams):
             raise ValueError(f"heads ({self.heads}) must divide latent_dim ({self.latent_dim})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.tc_weight < 0 or self.finetune_learning_rate < 0:
-            raise ValueError("tc_weight and finetune_learning_rate must be >= 0")
+        if self.tc_weight < 0 or self.finetune_learning_rate < 0 or self.finetune_batch_size < 0:
+            raise ValueError(
+                "tc_weight, finetune_learning_rate and finetune_batch_size must be >= 0"
+            )
         choices = {
             "activation": ACTIVATIONS,
             "tc_estimator": TC_ESTIMATORS,
@@ -381,6 +387,8 @@ class CADMR(KernelAE):
 
     def batches(self, rng: np.random.Generator, batch_size: int):
         self._fused = None  # parameters will change
+        if self.phase == "finetune" and self.params.finetune_batch_size:
+            batch_size = self.params.finetune_batch_size
         return super().batches(rng, batch_size)
 
     def load_state(self, state: Mapping[str, Any]) -> None:
