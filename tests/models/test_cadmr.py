@@ -354,3 +354,15 @@ def test_finetune_batch_size_applies_to_the_finetune_phase_only(data):
     assert sizes == [10, 10, 10, 10]
     model.start_phase("finetune")
     assert [len(b.items) for b in model.batches(np.random.default_rng(0), 10)] == [25, 15]
+
+
+def test_frozen_autoencoder_is_left_out_of_the_finetune_optimizer(data):
+    from cadmr.config import TrainConfig
+
+    model = ready(data, phase="finetune", finetune_autoencoder=False)
+    optimizer = model.make_optimizer(TrainConfig())
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    ae = {id(p) for layer in model.kernel_layers() for p in layer.parameters()}
+    assert not optimized & ae
+    assert {id(p) for p in model.attention.parameters()} <= optimized
+    assert optimizer.defaults["betas"] == (0.9, 0.99) and optimizer.defaults["eps"] == 1e-6

@@ -178,3 +178,89 @@ def test_same_seed_same_numbers_different_seed_differs(tiny, tmp_path):
     assert a["test"] == b["test"]
     assert a["valid"] != c["valid"] or a["test"] != c["test"]
     assert np.isfinite(a["seconds_per_epoch"])
+
+
+class _TwoPhase:
+    """A model whose second phase ranks worse than its first (popularity, then reversed)."""
+
+    @staticmethod
+    def make():
+        from dataclasses import dataclass
+
+        from cadmr.models.base import TorchRecommender
+
+        @dataclass(frozen=True)
+        class Params:
+            pass
+
+        class TwoPhase(TorchRecommender):
+            name = "two_phase"
+            params_cls = Params
+
+            def __init__(self, params, n_users, n_items, feature_dims):
+                super().__init__(params, n_users, n_items, feature_dims)
+                self.w = torch.nn.Parameter(torch.ones(1))
+                self.phase = "good"
+
+            def phases(self):
+                return ("good", "bad")
+
+            def start_phase(self, phase):
+                self.phase = phase
+
+            def batches(self, rng, batch_size):
+                yield None
+
+            def loss(self, batch):
+                return (self.w - 2.0).pow(2).sum()
+
+            def score(self, users):
+                pop = torch.from_numpy(np.asarray(self.train_matrix.sum(axis=0)).ravel())
+                sign = 1.0 if self.phase == "good" else -1.0
+                return (sign * pop).float().repeat(len(users), 1)
+
+        return TwoPhase
+
+
+def test_phases_run_in_order_and_the_best_phase_is_kept(tiny, tmp_path, monkeypatch):
+    from cadmr.models import MODELS
+
+    monkeypatch.setitem(MODELS, "two_phase", _TwoPhase.make())
+    res = run(_cfg("two_phase", epochs=2), tiny, tmp_path, echo=False)
+    assert [p["phase"] for p in res["phases"]] == ["good", "bad"]
+    assert res["selected_phase"] == "good"
+    assert res["checkpoint"].endswith("best-good.pt")
+    assert res["valid"] == res["phases"][0]["valid"]
+    assert res["phases"][1]["valid"]["recall@20"] < res["valid"]["recall@20"]
+    model, ck = load_model(res["checkpoint"], tiny)
+    assert ck["phase"] == "good" and model.phase == "good"
+    log = (tmp_path / "train.log").read_text()
+    assert log.index("[good] epoch") < log.index("[bad] start") < log.index("[bad] epoch")
+
+
+def test_resume_inside_a_later_phase(tiny, tmp_path, monkeypatch):
+    from cadmr.models import MODELS
+
+    monkeypatch.setitem(MODELS, "two_phase", _TwoPhase.make())
+    full = run(_cfg("two_phase", epochs=3), tiny, tmp_path / "full", echo=False)
+    real = checkpoint_mod.save_checkpoint
+
+    def dying(path, payload):  # dies while saving last.pt after epoch 1 of phase "bad"
+        trainer_state = payload.get("trainer", {})
+        if trainer_state.get("phase") == 1 and trainer_state.get("epoch") == 2:
+            raise KeyboardInterrupt
+        return real(path, payload)
+
+    import cadmr.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "save_checkpoint", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg("two_phase", epochs=3), tiny, tmp_path / "part", echo=False)
+    monkeypatch.setattr(trainer, "save_checkpoint", real)
+    resumed = run(_cfg("two_phase", epochs=3), tiny, tmp_path / "part", resume=True, echo=False)
+    assert "at phase 1, epoch 1" in (tmp_path / "part" / "train.log").read_text()
+    keys = ("phase", "best_epoch", "epochs_run", "valid")
+    assert [{k: p[k] for k in keys} for p in resumed["phases"]] == [
+        {k: p[k] for k in keys} for p in full["phases"]
+    ]
+    assert resumed["test"] == full["test"]

@@ -79,6 +79,8 @@ class CADMRParams(KernelAEParams):
             "align", "reconstruct" or "none" (module docstring).
         finetune_learning_rate: Adam's learning rate in the fine-tuning phase
             (0 = ``train.learning_rate``).
+        finetune_autoencoder: Fine-tune the autoencoder end to end with the rest (the
+            paper); False freezes it and trains only the multimodal path.
         finetune_batch_size: Item rows per fine-tuning step (0 = ``train.batch_size``).
             Each step runs the extractors over the whole catalogue, so on a large catalogue
             larger fine-tuning batches cost far less per epoch (benchmarks/cadmr_epoch.py).
@@ -96,6 +98,7 @@ class CADMRParams(KernelAEParams):
     refine: Literal["residual", "replace"] = "residual"
     extractor_objective: Literal["align", "reconstruct", "none"] = "align"
     finetune_learning_rate: float = 0.0
+    finetune_autoencoder: bool = True
     finetune_batch_size: int = 0
 
     def __post_init__(self) -> None:
@@ -296,7 +299,11 @@ class CADMR(KernelAE):
         lr = tc.learning_rate
         if self.phase == "finetune" and self.params.finetune_learning_rate > 0:
             lr = self.params.finetune_learning_rate
-        return paper_adam(self.parameters(), lr, tc.weight_decay)
+        params = self.parameters()
+        if self.phase == "finetune" and not self.params.finetune_autoencoder:
+            frozen = {id(p) for layer in self.kernel_layers() for p in layer.parameters()}
+            params = [p for p in self.parameters() if id(p) not in frozen]
+        return paper_adam(params, lr, tc.weight_decay)
 
     # ----------------------------------------------------------------- the multimodal path
 

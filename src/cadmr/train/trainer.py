@@ -193,8 +193,9 @@ def _fit_iterative(
     (``train.epochs`` and ``train.patience`` apply per phase). A later phase starts from the
     best checkpoint of the phase before; that starting point is evaluated first ("epoch -1"),
     so a phase that never improves validation leaves the model as it was. The best model of
-    phase P is ``best-P.pt``; the last phase's is ``best.pt``. ``last.pt`` records the phase,
-    so ``--resume`` continues inside whichever phase was interrupted.
+    phase P is ``best-P.pt``; the last phase's is ``best.pt``. The run's model is the best of
+    these on validation. ``last.pt`` records the phase, so ``--resume`` continues inside
+    whichever phase was interrupted.
     """
     tc: TrainConfig = config.train
     metric = config.eval.valid_metric
@@ -318,10 +319,14 @@ def _fit_iterative(
         save_last(None, -1)
 
     done = state["finished"]
+    # the run's model is the best validation checkpoint over all phases (a later phase wins
+    # ties): a fine-tuning phase whose input differs from its predecessor's (GLocal-K's
+    # global kernel) can end below the pretrained model, and then the pretrained one is kept
+    chosen = max(reversed(done), key=lambda p: p["valid"][metric])
     return {
-        **done[-1],
+        **chosen,
         "epochs_run": sum(p["epochs_run"] for p in done),
-        **({"phases": done} if len(done) > 1 else {}),
+        **({"phases": done, "selected_phase": chosen["phase"]} if len(done) > 1 else {}),
     }
 
 
@@ -444,7 +449,7 @@ def run(
         "test": test,
         "seconds_per_epoch": best["seconds_per_epoch"],
         "eval_seconds": best["eval_seconds"],
-        **({"phases": best["phases"]} if "phases" in best else {}),
+        **{k: best[k] for k in ("phases", "selected_phase") if k in best},
         "threads": threads,
         "checkpoint": best["checkpoint"],
         "config": config.to_dict(),
