@@ -176,9 +176,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"{exp.subject} ({dataset.name}, {model.params.heads} heads)")
     if exp.recommended:
         print("recommended: " + ", ".join(f"{i} ({s:.3f})" for i, s in exp.recommended))
-    print("attended items (attention weight, mean over heads):")
+    print(
+        f"attended items (attention weight, mean over heads; uniform would be "
+        f"{1 / dataset.n_items:.4f}):"
+    )
     for i, w in exp.attended:
         print(f"  item {i:>7d}  {w:.4f}")
+    if not any(exp.modalities.values()):
+        print("modalities: none changes the output (the fine-tuned refinement is zero, e.g.")
+        print("  fine-tuning never beat the pretrained autoencoder on validation)")
+        return 0
     print("modalities (share of the occlusion effect):")
     for m, share in sorted(exp.modalities.items(), key=lambda kv: -kv[1]):
         print(f"  {m:<10s} {share:6.1%}")

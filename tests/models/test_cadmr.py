@@ -148,8 +148,9 @@ def test_constant_dimension_does_not_break_the_estimators():
 # ---------------------------------------------------------------- eq. (4): cross-attention
 
 
-def test_attention_rows_sum_to_one_and_match_the_fast_kernel(data):
-    model = ready(data, phase="finetune", heads=4)
+@pytest.mark.parametrize("norm", [False, True])
+def test_attention_rows_sum_to_one_and_match_the_fast_kernel(data, norm):
+    model = ready(data, phase="finetune", heads=4, attention_norm=norm)
     items = np.array([0, 7, 39])
     weights = model.attention_weights(items)
     assert weights.shape == (4, 3, data.n_items)
@@ -321,6 +322,8 @@ def test_explanations(data, tmp_path):
     )
     results = run(cfg, data, tmp_path, echo=False)
     model, _ = load_model(results["checkpoint"], data)
+    with torch.no_grad():  # a refinement that moves the scores, whatever fine-tuning kept
+        torch.nn.init.normal_(model.ffn.weight, std=0.5)
     exp = model.explain_item(3, top=5)
     weights = [w for _, w in exp.attended]
     assert len(exp.attended) == 5 and weights == sorted(weights, reverse=True)
@@ -335,6 +338,11 @@ def test_explanations(data, tmp_path):
     assert sum(user.modalities.values()) == pytest.approx(1.0)
     with pytest.raises(IndexError):
         model.explain_item(data.n_items)
+
+    with torch.no_grad():  # a zero refinement: no modality changes the scores
+        model.ffn.weight.zero_()
+        model.ffn.bias.zero_()
+    assert set(model.explain_user(0, k=4).modalities.values()) == {0.0}
 
     pretrained, _ = load_model(tmp_path / "best-pretrain.pt", data)
     with pytest.raises(ValueError, match="fine-tuned"):

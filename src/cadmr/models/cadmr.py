@@ -71,6 +71,9 @@ class CADMRParams(KernelAEParams):
         activation: f and g of eqs. (1) and (3): gelu, relu, tanh or sigmoid.
         dropout: Dropout after each extractor sub-layer (paper: 0.2).
         heads: Attention heads (paper: 4); must divide ``latent_dim``.
+        attention_norm: LayerNorm on the projected queries and keys (not in the paper). The
+            raw queries of sparse 0/1 rows are small, which leaves the attention near uniform
+            (docs/cadmr.md).
         tc_weight: lambda of eq. (5) (paper: 0.5); 0 is the "without DRL" ablation.
         tc_estimator: "gaussian" (closed-form TC) or "decorrelation" (models/disentangle.py).
         use_attention: False is the "without CA" ablation (module docstring).
@@ -92,6 +95,7 @@ class CADMRParams(KernelAEParams):
     activation: Literal["gelu", "relu", "tanh", "sigmoid"] = "gelu"
     dropout: float = 0.2
     heads: int = 4
+    attention_norm: bool = False
     tc_weight: float = 0.5
     tc_estimator: Literal["gaussian", "decorrelation"] = "gaussian"
     use_attention: bool = True
@@ -164,7 +168,7 @@ class RatingCrossAttention(nn.Module):
         heads: Number of heads; each has dimension l / heads.
     """
 
-    def __init__(self, n_users: int, dim: int, heads: int) -> None:
+    def __init__(self, n_users: int, dim: int, heads: int, norm: bool = False) -> None:
         super().__init__()
         self.heads = heads
         self.query = nn.Parameter(torch.empty(n_users, dim))
@@ -172,13 +176,19 @@ class RatingCrossAttention(nn.Module):
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
         nn.init.xavier_uniform_(self.query)
+        self.query_norm = nn.LayerNorm(dim) if norm else nn.Identity()
+        self.key_norm = nn.LayerNorm(dim) if norm else nn.Identity()
 
     def project_query(self, rows: torch.Tensor) -> torch.Tensor:
-        """Q = R_rows W_q + b: (B, U) sparse or dense -> (B, l)."""
+        """Q = R_rows W_q + b (optionally layer-normalised): (B, U) sparse or dense -> (B, l)."""
         out = (
             torch.sparse.mm(rows, self.query) if rows.layout != torch.strided else rows @ self.query
         )
-        return out + self.query_bias
+        return self.query_norm(out + self.query_bias)
+
+    def project_key(self, fused: torch.Tensor) -> torch.Tensor:
+        """K = h_f W_k + b (optionally layer-normalised): (I, l) -> (I, l)."""
+        return self.key_norm(self.key(fused))
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         """(N, l) -> (heads, N, l / heads)."""
@@ -187,14 +197,14 @@ class RatingCrossAttention(nn.Module):
     def forward(self, rows: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
         """Attention output for the query rows: rows (B, U), fused (I, l) -> (B, l)."""
         q = self._split(self.project_query(rows))
-        k, v = self._split(self.key(fused)), self._split(self.value(fused))
+        k, v = self._split(self.project_key(fused)), self._split(self.value(fused))
         out = F.scaled_dot_product_attention(q, k, v)  # (heads, B, l / heads)
         return out.transpose(0, 1).reshape(rows.shape[0], -1)
 
     def weights(self, rows: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
         """Attention probabilities (heads, B, I): each (head, query) row sums to 1."""
         q = self._split(self.project_query(rows))
-        k = self._split(self.key(fused))
+        k = self._split(self.project_key(fused))
         return torch.softmax(q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]), dim=-1)
 
 
@@ -206,9 +216,10 @@ class Explanation:
         subject: "item I" or "user U".
         recommended: The user's top items with scores ([] for an item explanation).
         attended: (item, attention weight averaged over heads and queries), strongest first.
-        modalities: Modality -> share of the occlusion effect (sums to 1): how much the
-            attention output (item) or the recommended scores (user) move when that
-            modality's features are replaced by their catalogue mean.
+        modalities: Modality -> share of the occlusion effect (sums to 1, or all 0 when no
+            modality moves anything): how much the attention output (item) or the
+            recommended scores (user) move when that modality's features are replaced by
+            their catalogue mean.
     """
 
     subject: str
@@ -252,7 +263,7 @@ class CADMR(KernelAE):
             self.reconstruct_heads = nn.ModuleDict(
                 {m: nn.Linear(p.modality_dim, feature_dims[m]) for m in self.modalities}
             )
-        self.attention = RatingCrossAttention(n_users, p.latent_dim, p.heads)
+        self.attention = RatingCrossAttention(n_users, p.latent_dim, p.heads, p.attention_norm)
         self.ffn = nn.Linear(p.latent_dim, n_users)
         if p.refine == "residual":  # fine-tuning starts exactly at the pretrained model
             nn.init.zeros_(self.ffn.weight)
@@ -433,9 +444,10 @@ class CADMR(KernelAE):
 
     @staticmethod
     def _shares(effects: Mapping[str, float]) -> dict[str, float]:
+        """Effects normalised to sum to 1; all 0 when no modality has any effect (e.g. a
+        fine-tuning phase that kept the pretrained model, whose FFN is still zero)."""
         total = sum(effects.values())
-        n = len(effects)
-        return {m: (e / total if total > 0 else 1.0 / n) for m, e in effects.items()}
+        return {m: (e / total if total > 0 else 0.0) for m, e in effects.items()}
 
     @staticmethod
     def _top(weights: torch.Tensor, top: int) -> list[tuple[int, float]]:
