@@ -6,6 +6,8 @@ leaked-pair check and the known-answer task; these are CADMR's own checks.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -374,3 +376,35 @@ def test_frozen_autoencoder_is_left_out_of_the_finetune_optimizer(data):
     assert not optimized & ae
     assert {id(p) for p in model.attention.parameters()} <= optimized
     assert optimizer.defaults["betas"] == (0.9, 0.99) and optimizer.defaults["eps"] == 1e-6
+
+
+def test_resume_inside_fine_tuning_matches_an_uninterrupted_run(data, tmp_path, monkeypatch):
+    """Dropout, the numpy batch order and both optimizers continue exactly after a crash."""
+    import cadmr.train.trainer as trainer
+
+    cfg = resolve_run_config(
+        "cadmr", "d", extra={"train": {"epochs": 3, "progress": False}, "params": SMALL}
+    )
+    full = run(cfg, data, tmp_path / "full", echo=False)
+    real = trainer.save_checkpoint
+
+    def dying(path, payload):  # crash while saving last.pt after fine-tuning epoch 1
+        state = payload.get("trainer", {})
+        if state.get("phase") == 1 and state.get("epoch") == 2:
+            raise KeyboardInterrupt
+        return real(path, payload)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, data, tmp_path / "part", echo=False)
+    monkeypatch.setattr(trainer, "save_checkpoint", real)
+    resumed = run(cfg, data, tmp_path / "part", resume=True, echo=False)
+    assert "resumed from" in (tmp_path / "part" / "train.log").read_text()
+    assert [p["valid"] for p in resumed["phases"]] == [p["valid"] for p in full["phases"]]
+    assert resumed["test"] == full["test"]
+
+    def losses(d):
+        lines = (tmp_path / d / "history.jsonl").read_text().splitlines()
+        return [(h["phase"], h["epoch"], h["loss"]) for h in map(json.loads, lines)]
+
+    assert losses("part") == losses("full")  # the training losses, epoch by epoch
