@@ -378,26 +378,16 @@ def test_frozen_autoencoder_is_left_out_of_the_finetune_optimizer(data):
     assert optimizer.defaults["betas"] == (0.9, 0.99) and optimizer.defaults["eps"] == 1e-6
 
 
-def test_resume_inside_fine_tuning_matches_an_uninterrupted_run(data, tmp_path, monkeypatch):
+def test_resume_inside_fine_tuning_matches_an_uninterrupted_run(data, tmp_path, crash_while_saving):
     """Dropout, the numpy batch order and both optimizers continue exactly after a crash."""
-    import cadmr.train.trainer as trainer
-
     cfg = resolve_run_config(
         "cadmr", "d", extra={"train": {"epochs": 3, "progress": False}, "params": SMALL}
     )
     full = run(cfg, data, tmp_path / "full", echo=False)
-    real = trainer.save_checkpoint
-
-    def dying(path, payload):  # crash while saving last.pt after fine-tuning epoch 1
-        state = payload.get("trainer", {})
-        if state.get("phase") == 1 and state.get("epoch") == 2:
-            raise KeyboardInterrupt
-        return real(path, payload)
-
-    monkeypatch.setattr(trainer, "save_checkpoint", dying)
+    disarm = crash_while_saving(phase=1, epoch=2)  # after fine-tuning epoch 1
     with pytest.raises(KeyboardInterrupt):
         run(cfg, data, tmp_path / "part", echo=False)
-    monkeypatch.setattr(trainer, "save_checkpoint", real)
+    disarm()
     resumed = run(cfg, data, tmp_path / "part", resume=True, echo=False)
     assert "resumed from" in (tmp_path / "part" / "train.log").read_text()
     assert [p["valid"] for p in resumed["phases"]] == [p["valid"] for p in full["phases"]]

@@ -238,25 +238,15 @@ def test_phases_run_in_order_and_the_best_phase_is_kept(tiny, tmp_path, monkeypa
     assert log.index("[good] epoch") < log.index("[bad] start") < log.index("[bad] epoch")
 
 
-def test_resume_inside_a_later_phase(tiny, tmp_path, monkeypatch):
+def test_resume_inside_a_later_phase(tiny, tmp_path, monkeypatch, crash_while_saving):
     from cadmr.models import MODELS
 
     monkeypatch.setitem(MODELS, "two_phase", _TwoPhase.make())
     full = run(_cfg("two_phase", epochs=3), tiny, tmp_path / "full", echo=False)
-    real = checkpoint_mod.save_checkpoint
-
-    def dying(path, payload):  # dies while saving last.pt after epoch 1 of phase "bad"
-        trainer_state = payload.get("trainer", {})
-        if trainer_state.get("phase") == 1 and trainer_state.get("epoch") == 2:
-            raise KeyboardInterrupt
-        return real(path, payload)
-
-    import cadmr.train.trainer as trainer
-
-    monkeypatch.setattr(trainer, "save_checkpoint", dying)
+    disarm = crash_while_saving(phase=1, epoch=2)  # after epoch 1 of phase "bad"
     with pytest.raises(KeyboardInterrupt):
         run(_cfg("two_phase", epochs=3), tiny, tmp_path / "part", echo=False)
-    monkeypatch.setattr(trainer, "save_checkpoint", real)
+    disarm()
     resumed = run(_cfg("two_phase", epochs=3), tiny, tmp_path / "part", resume=True, echo=False)
     assert "at phase 1, epoch 1" in (tmp_path / "part" / "train.log").read_text()
     keys = ("phase", "best_epoch", "epochs_run", "valid")
