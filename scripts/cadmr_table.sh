@@ -18,12 +18,13 @@ declare -A variants=(
   [cadmr]=""
   [cadmr-no-tc]="--set params.tc_weight=0"
   [cadmr-no-ca]="--set params.use_attention=false"
+  [cadmr-frozen]="--set params.finetune_autoencoder=false"
   [kernel_ae]=""
   [ease]=""
   [lightgcn]="--set train.patience=20 --set train.epochs=1000"
 )
 for seed in ${seeds[@]}; do
-  for v in cadmr cadmr-no-tc cadmr-no-ca kernel_ae ease lightgcn; do
+  for v in cadmr cadmr-no-tc cadmr-no-ca cadmr-frozen kernel_ae ease lightgcn; do
     out=runs/table/$dataset/$v-seed$seed
     [[ -f $out/results.json ]] && continue
     model=${v%%-*}

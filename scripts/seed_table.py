@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
-ORDER = ("cadmr", "cadmr-no-tc", "cadmr-no-ca", "kernel_ae", "ease", "lightgcn")
+ORDER = ("cadmr", "cadmr-no-tc", "cadmr-no-ca", "cadmr-frozen", "kernel_ae", "ease", "lightgcn")
 
 
 def collect(runs_dir: Path) -> dict[str, list[dict]]:
@@ -37,6 +37,11 @@ def fmt(values: list[float]) -> str:
     return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
 
 
+def _ratio(tests: list[dict]) -> float:
+    """Recall@10 / NDCG@10 of the means (PROTOCOL.md's leakage fingerprint)."""
+    return float(np.mean([t["recall@10"] for t in tests]) / np.mean([t["ndcg@10"] for t in tests]))
+
+
 def table(runs_dir: Path) -> str:
     by_variant = collect(runs_dir)
     if not by_variant:
@@ -47,17 +52,24 @@ def table(runs_dir: Path) -> str:
         "",
         "| model | seeds | "
         + " | ".join(m.replace("recall", "R").replace("ndcg", "N") for m in METRICS)
-        + " | s/epoch |",
-        "|---|---|" + "---|" * (len(METRICS) + 1),
+        + " | R@10/N@10 | s/epoch |",
+        "|---|---|" + "---|" * (len(METRICS) + 2),
     ]
     for name in names:
         runs = by_variant[name]
         seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
         cells = [fmt([r["test"][m] for r in runs]) for m in METRICS]
         speed = np.mean([r["seconds_per_epoch"] for r in runs])
-        lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + f" | {speed:.2f} |")
+        ratio = _ratio([r["test"] for r in runs])
+        lines.append(
+            f"| {name} | {seeds} | " + " | ".join(cells) + f" | {ratio:.2f} | {speed:.2f} |"
+        )
     pop = next(iter(by_variant.values()))[0]["popularity"]
-    lines.append("| popularity | - | " + " | ".join(f"{pop[m]:.4f}" for m in METRICS) + " | - |")
+    lines.append(
+        "| popularity | - | "
+        + " | ".join(f"{pop[m]:.4f}" for m in METRICS)
+        + f" | {_ratio([pop]):.2f} | - |"
+    )
     return "\n".join(lines)
 
 

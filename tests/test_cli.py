@@ -101,11 +101,11 @@ def test_explain_item_and_user(tmp_path, capsys):
     args = ["train", "-m", "cadmr", "-d", "synthetic-tiny", "--out", str(out), "--quiet"]
     args += ["--set", "train.epochs=2", "--set", "params.hidden=[16,8]"]
     assert main(args) == 0
-    capsys.readouterr()
+    assert "pretrain best at" in capsys.readouterr().out  # one sentence per phase
     assert main(["explain", str(out / "best.pt"), "--item", "3", "--top", "4"]) == 0
     shown = capsys.readouterr().out
     assert shown.startswith("item 3 (synthetic-tiny, 4 heads)")
-    assert shown.count("  item ") == 4 and "text" in shown and "image" in shown
+    assert shown.count("  item ") == 4 and "modalities" in shown
     assert main(["explain", str(out / "best.pt"), "--user", "2", "-k", "3"]) == 0
     shown = capsys.readouterr().out
     assert shown.startswith("user 2") and shown.splitlines()[1].count("(") == 3

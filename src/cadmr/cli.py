@@ -114,6 +114,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{dataset.name}/{config.model}-seed{config.seed}")
     results = run(config, dataset, out, resume=args.resume, echo=not args.quiet)
     print(results_markdown([results]), end="")
+    if "phases" in results:
+        print(phase_summary(results))
     print(f"results: {out / 'results.json'}")
     return 0
 
@@ -225,8 +227,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  {name:10s} done in {time.perf_counter() - t:5.1f}s")
     print()
     print(results_markdown(rows), end="")
+    for r in rows:
+        if "phases" in r:
+            print(f"\n{r['model']}: " + phase_summary(r))
     print(f"\nall runs in {args.out}; {time.perf_counter() - t0:.0f}s in total")
     return 0
+
+
+def phase_summary(results: dict) -> str:
+    """One sentence per phase of a multi-phase run, saying which one the model comes from."""
+    metric = results["config"]["eval"]["valid_metric"]
+    parts = []
+    for p in results["phases"]:
+        epoch = "its starting point" if p["best_epoch"] < 0 else f"epoch {p['best_epoch']}"
+        parts.append(f"{p['phase']} best at {epoch} (valid {metric} {p['valid'][metric]:.4f})")
+    chosen = results.get("selected_phase", results["phases"][-1]["phase"])
+    text = "; ".join(parts) + f"; the model is the {chosen} phase's best."
+    last = results["phases"][-1]
+    if last["best_epoch"] < 0:
+        text += f" No {last['phase']} epoch beat the phase before it on validation."
+    return text
 
 
 def cmd_models(args: argparse.Namespace) -> int:
