@@ -35,9 +35,11 @@ costly). The convolution depends on the order of item and user ids, which carrie
 in most datasets; docs/cadmr.md records its validation result.
 
 Memory: a batch of B items holds a few dense (B, n_users) tensors (target, output and their
-gradients); with the trainer's default ``train.batch_size`` = 2048 that is about 160 MB each on
-Baby (19,445 users), fine on 24 GiB. For catalogues with ~10^5 users (Electronics) use a batch
-of 256-512 items.
+gradients), and every step builds each layer's full local kernel once (``shared_kernels``):
+two n_users x hidden matrices, 39 MB each on Baby. The packaged default batch is 64 items
+(configs/model/kernel_ae.yaml). On large catalogues the kernels dominate a step whatever
+its batch, so larger batches (512-1024) cost much less per epoch
+(benchmarks/cadmr_epoch.py).
 """
 
 from __future__ import annotations
