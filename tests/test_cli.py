@@ -116,3 +116,13 @@ def test_explain_item_and_user(tmp_path, capsys):
     assert "no attention to explain" in capsys.readouterr().err
     assert main(["explain", str(out / "best.pt"), "--item", "99999"]) == 2
     assert "item 99999 is not in" in capsys.readouterr().err
+
+
+def test_training_errors_are_one_clear_line(tmp_path, capsys):
+    out = _train(tmp_path)
+    capsys.readouterr()
+    again = ["train", "-m", "bpr", "-d", "synthetic-tiny", "--out", str(out), "--quiet"]
+    assert main(again) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cadmr: error: ") and "already holds finished results" in err
+    assert "Traceback" not in err

@@ -4,6 +4,7 @@ cadmr demo                                   the README's main job
 cadmr train -m MODEL -d DATASET [--config FILE] [--set k=v ...] [--out DIR] [--seed N]
 cadmr evaluate CHECKPOINT [--split test]
 cadmr recommend CHECKPOINT --user U [-k 10]
+cadmr explain CHECKPOINT --item I | --user U   what CADMR attended to
 cadmr data describe DATASET
 cadmr models
 """
@@ -269,6 +270,11 @@ COMMANDS = {
 }
 
 
+def _error(message: str) -> int:
+    print(f"cadmr: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -282,9 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         ValueError,
     ) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"cadmr: error: {msg}", file=sys.stderr)
-        return 2
+        return _error(e.args[0] if isinstance(e, KeyError) and e.args else str(e))
+    except RuntimeError as e:
+        from cadmr.train.trainer import TrainingError  # not at start-up: it imports torch
+
+        if isinstance(e, TrainingError):  # no features, diverged loss, resume mismatch, ...
+            return _error(str(e))
+        raise
     except KeyboardInterrupt:
         print(
             "\ncadmr: interrupted; finished epochs are saved, continue with --resume",
