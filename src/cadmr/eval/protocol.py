@@ -86,10 +86,8 @@ def evaluate(
             batches = range(0, len(users), config.batch_size)
             for start in tqdm(batches, desc=f"eval {split}", disable=not progress, leave=False):
                 batch = users[start : start + config.batch_size]
-                # (B, n_top) each; checks the score shapes and NaN in every item block
-                values, top = ranked_topk(model, batch, n_top, exclude)
-                if torch.isnan(values).any():  # topk ranks NaN first, so this sees any NaN
-                    raise FloatingPointError(f"{model.name}.score returned NaN scores")
+                # (B, n_top) each; raises on a wrong score shape or a NaN score in any block
+                _, top = ranked_topk(model, batch, n_top, exclude)
                 hits = hits_matrix(top.numpy(), batch, relevant)  # (B, n_top)
                 if n_top < max(ks):
                     hits = np.pad(hits, ((0, 0), (0, max(ks) - n_top)))
