@@ -9,9 +9,10 @@ from cadmr.models.ease import EASE
 from cadmr.models.kernel_ae import KernelAE
 from cadmr.models.lightgcn import LightGCN
 from cadmr.models.popularity import Popularity
+from cadmr.models.vbpr import VBPR
 
 MODELS: dict[str, type[Recommender]] = {
-    m.name: m for m in (Popularity, EASE, BPRMF, LightGCN, KernelAE, CADMR)
+    m.name: m for m in (Popularity, EASE, BPRMF, LightGCN, VBPR, KernelAE, CADMR)
 }
 
 

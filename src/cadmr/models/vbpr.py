@@ -1,0 +1,107 @@
+"""VBPR: BPR matrix factorisation with a content (visual) preference term.
+
+Reference: He & McAuley, "VBPR: Visual Bayesian Personalized Ranking from Implicit
+Feedback", AAAI 2016, eq. (2): x_ui = alpha + beta_u + beta_i + gamma_u . gamma_i
++ theta_u . (E f_i) + beta' . f_i. alpha and beta_u cancel in BPR's pairwise differences and
+are left out. The paper's f_i is a 4096-d CNN image feature; here f_i is the concatenation of
+all the item's modalities (text, image, audio, ...; in sorted name order), as MMRec does for
+its multimodal VBPR. Defaults: 64-d gamma and 64-d theta (MMRec's embedding_size 64 for
+each half), Xavier initialisation, L2 on the batch's factors and biases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from cadmr.data.leakage import LeakageGuard
+from cadmr.models.bpr import BPRMF
+from cadmr.models.layers import bpr_loss, l2_per_example
+from cadmr.models.sampling import TripletBatch
+
+
+@dataclass(frozen=True)
+class VBPRParams:
+    """Attributes:
+    embedding_size: Dimension of gamma (ID factors) and of theta (content factors) each.
+    reg_weight: Weight of the L2 penalty on the batch's user/item factors and item biases
+        (lambda_Theta of the paper).
+    feature_reg_weight: Weight of the L2 penalty on E and beta' (lambda_E of the paper).
+    """
+
+    embedding_size: int = 64
+    reg_weight: float = 1e-5
+    feature_reg_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.embedding_size <= 0 or self.reg_weight < 0 or self.feature_reg_weight < 0:
+            raise ValueError("embedding_size must be > 0 and the reg weights >= 0")
+
+
+class VBPR(BPRMF):
+    """BPR-MF's ID factors and sampler plus VBPR's content term (module docstring)."""
+
+    name = "vbpr"
+    params_cls = VBPRParams
+    needs_features = True  # no validation grid yet: issue 4 sets MMRec's
+
+    def __init__(
+        self,
+        params: VBPRParams,
+        n_users: int,
+        n_items: int,
+        feature_dims: Mapping[str, int],
+    ) -> None:
+        if not feature_dims:
+            raise ValueError("vbpr needs at least one item modality; the dataset has none")
+        super().__init__(params, n_users, n_items, feature_dims)  # gamma_u, gamma_i
+        d = params.embedding_size
+        self.modalities = sorted(feature_dims)
+        n_feat = sum(feature_dims[m] for m in self.modalities)
+        self.user_content = nn.Parameter(torch.empty(n_users, d))  # theta_u
+        self.projection = nn.Linear(n_feat, d, bias=False)  # E
+        self.feature_bias = nn.Linear(n_feat, 1, bias=False)  # beta'
+        self.item_bias = nn.Parameter(torch.zeros(n_items))  # beta_i
+        nn.init.xavier_uniform_(self.user_content)
+        nn.init.xavier_uniform_(self.projection.weight)
+        nn.init.zeros_(self.feature_bias.weight)
+        self.features: torch.Tensor | None = None
+
+    def setup(
+        self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
+    ) -> None:
+        super().setup(train, features, guard)
+        blocks = [np.asarray(features[m], dtype=np.float32) for m in self.modalities]
+        self.features = torch.from_numpy(np.concatenate(blocks, axis=1))  # (I, sum d_m)
+
+    def item_terms(self, items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E f_i (N, d), beta_i + beta'.f_i (N,)) for ``items`` (all items when None)."""
+        f = self.features if items is None else self.features[items]
+        bias = self.item_bias if items is None else self.item_bias[items]
+        return self.projection(f), bias + self.feature_bias(f).squeeze(1)
+
+    def loss(self, batch: TripletBatch) -> torch.Tensor:
+        users, pos, neg = batch.users, batch.pos, batch.neg  # (B,) int64 each
+        gu, tu = self.user_emb[users], self.user_content[users]
+        content_p, bias_p = self.item_terms(pos)
+        content_n, bias_n = self.item_terms(neg)
+        gp, gn = self.item_emb[pos], self.item_emb[neg]
+        x_p = bias_p + (gu * gp).sum(1) + (tu * content_p).sum(1)
+        x_n = bias_n + (gu * gn).sum(1) + (tu * content_n).sum(1)
+        p = self.params
+        reg = l2_per_example(gu, tu, gp, gn, self.item_bias[pos, None], self.item_bias[neg, None])
+        loss = bpr_loss(x_p, x_n) + p.reg_weight * reg
+        if p.feature_reg_weight > 0:
+            e = self.projection.weight.pow(2).sum() + self.feature_bias.weight.pow(2).sum()
+            loss = loss + p.feature_reg_weight * e
+        return loss
+
+    def score(self, users: np.ndarray) -> torch.Tensor:
+        u = torch.from_numpy(np.asarray(users, dtype=np.int64))
+        content, bias = self.item_terms()
+        return bias + self.user_emb[u] @ self.item_emb.T + self.user_content[u] @ content.T
