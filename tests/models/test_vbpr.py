@@ -21,7 +21,8 @@ def data():
 
 def test_score_is_biases_plus_id_and_content_terms(data):
     torch.manual_seed(0)
-    model = VBPR(VBPRParams(embedding_size=4), data.n_users, data.n_items, data.modalities)
+    params = VBPRParams(embedding_size=4, feature_norm="none")
+    model = VBPR(params, data.n_users, data.n_items, data.modalities)
     model.setup(data.train, data.features, LeakageGuard(data))
     with torch.no_grad():
         model.item_bias.normal_()
@@ -42,3 +43,11 @@ def test_score_is_biases_plus_id_and_content_terms(data):
 def test_needs_features():
     with pytest.raises(ValueError, match="at least one item modality"):
         VBPR(VBPRParams(), 3, 3, {})
+
+
+def test_l2_feature_norm_gives_each_modality_unit_rows(data):
+    model = VBPR(VBPRParams(embedding_size=4), data.n_users, data.n_items, data.modalities)
+    model.setup(data.train, data.features, LeakageGuard(data))
+    a, b = model.features[:, :3], model.features[:, 3:]  # modalities "a" (3-d), "b" (2-d)
+    torch.testing.assert_close(a.norm(dim=1), torch.ones(data.n_items))
+    torch.testing.assert_close(b.norm(dim=1), torch.ones(data.n_items))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,15 +33,21 @@ class VBPRParams:
     reg_weight: Weight of the L2 penalty on the batch's user/item factors and item biases
         (lambda_Theta of the paper).
     feature_reg_weight: Weight of the L2 penalty on E and beta' (lambda_E of the paper).
+    feature_norm: "l2" scales each modality's feature rows to unit length before they are
+        concatenated, so no modality dominates by its raw scale (lfm2k's VGGish audio rows
+        have norm ~1,500, its text rows 1); "none" uses the raw features as MMRec does.
     """
 
     embedding_size: int = 64
     reg_weight: float = 1e-5
     feature_reg_weight: float = 0.0
+    feature_norm: Literal["l2", "none"] = "l2"
 
     def __post_init__(self) -> None:
         if self.embedding_size <= 0 or self.reg_weight < 0 or self.feature_reg_weight < 0:
             raise ValueError("embedding_size must be > 0 and the reg weights >= 0")
+        if self.feature_norm not in ("l2", "none"):
+            raise ValueError(f"feature_norm must be 'l2' or 'none', got {self.feature_norm!r}")
 
 
 class VBPR(BPRMF):
@@ -77,6 +84,10 @@ class VBPR(BPRMF):
     ) -> None:
         super().setup(train, features, guard)
         blocks = [np.asarray(features[m], dtype=np.float32) for m in self.modalities]
+        if self.params.feature_norm == "l2":
+            blocks = [
+                b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12) for b in blocks
+            ]
         self.features = torch.from_numpy(np.concatenate(blocks, axis=1))  # (I, sum d_m)
 
     def item_terms(self, items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
