@@ -156,6 +156,8 @@ class Recommender(abc.ABC):
     def __init__(
         self, params: Any, n_users: int, n_items: int, feature_dims: Mapping[str, int]
     ) -> None:
+        if self.needs_features and not feature_dims:
+            raise ValueError(f"{self.name} needs at least one item modality; the data has none")
         self.params = params
         self.n_users = n_users
         self.n_items = n_items

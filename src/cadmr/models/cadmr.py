@@ -243,8 +243,6 @@ class CADMR(KernelAE):
         n_items: int,
         feature_dims: Mapping[str, int],
     ) -> None:
-        if not feature_dims:
-            raise ValueError("cadmr needs at least one item modality; the dataset has none")
         super().__init__(params, n_users, n_items, feature_dims)  # the autoencoder first
         p = params
         self.modalities = sorted(feature_dims)

@@ -64,8 +64,6 @@ class VBPR(BPRMF):
         n_items: int,
         feature_dims: Mapping[str, int],
     ) -> None:
-        if not feature_dims:
-            raise ValueError("vbpr needs at least one item modality; the dataset has none")
         super().__init__(params, n_users, n_items, feature_dims)  # gamma_u, gamma_i
         d = params.embedding_size
         self.modalities = sorted(feature_dims)
