@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cadmr.models.graphs import sym_normalize
+
 
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
     """Bayesian personalised ranking: mean of -log sigmoid(pos - neg) (Rendle et al., 2009)."""
@@ -29,15 +31,7 @@ def normalized_bipartite_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
     """Symmetrically normalised user-item graph D^-1/2 A D^-1/2 of shape (U + I, U + I),
     users first, no self loops (LightGCN, eq. 7). Isolated nodes get zero rows."""
     r = sp.csr_matrix(train, dtype=np.float32)
-    a = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
-    deg = np.asarray(a.sum(axis=1)).ravel()
-    inv_sqrt = np.zeros_like(deg)
-    nz = deg > 0
-    inv_sqrt[nz] = deg[nz] ** -0.5
-    d = sp.diags(inv_sqrt)
-    out = sp.csr_matrix(d @ a @ d, dtype=np.float32)
-    out.sort_indices()
-    return out
+    return sym_normalize(sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32))
 
 
 def to_torch_sparse(m: sp.spmatrix) -> torch.Tensor:
