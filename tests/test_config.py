@@ -155,6 +155,8 @@ def test_non_mapping_section_is_a_config_error(layer: dict) -> None:
         ({"train": {"batch_size": -1}}, r"train\.batch_size must be > 0"),
         ({"train": {"learning_rate": 0}}, r"train\.learning_rate must be > 0"),
         ({"train": {"num_threads": -1}}, r"train\.num_threads must be >= 0"),
+        ({"train": {"mirror_interval": 0}}, r"train\.mirror_interval must be > 0"),
+        ({"train": {"mirror_alpha2": -1.0}}, r"train\.mirror_alpha1 and train\.mirror_alpha2"),
         ({"eval": {"batch_size": 0}}, r"eval\.batch_size must be > 0"),
         ({"eval": {"ks": [0, 20]}}, r"eval\.ks"),
         ({"eval": {"ks": []}}, r"eval\.ks"),

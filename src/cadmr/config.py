@@ -41,6 +41,12 @@ class TrainConfig:
         eval_every: Evaluate on the validation split every this many epochs.
         num_threads: torch intra-op threads; 0 means one per available core.
         progress: Show progress bars.
+        mirror_gradient: Train with Mirror Gradient (Zhong et al., WWW'24), any gradient-trained
+            model: every ``mirror_interval``-th batch takes a step on ``mirror_alpha1 x loss``,
+            then a step on ``-mirror_alpha2 x loss`` of the same batch at the new parameters.
+        mirror_alpha1: Scale of the descent step of a mirror pair.
+        mirror_alpha2: Scale of the ascent (mirror) step of a mirror pair.
+        mirror_interval: Batches between mirror pairs (the paper's beta; 3 in its ablation).
     """
 
     epochs: int = 1000
@@ -51,9 +57,15 @@ class TrainConfig:
     eval_every: int = 1
     num_threads: int = 0
     progress: bool = True
+    mirror_gradient: bool = False
+    mirror_alpha1: float = 1.0
+    mirror_alpha2: float = 1.0
+    mirror_interval: int = 3
 
     def __post_init__(self) -> None:
-        _positive(self, "epochs", "batch_size", "patience", "eval_every")
+        _positive(self, "epochs", "batch_size", "patience", "eval_every", "mirror_interval")
+        if not (self.mirror_alpha1 >= 0 and self.mirror_alpha2 >= 0):
+            raise ConfigError("train.mirror_alpha1 and train.mirror_alpha2 must be >= 0")
         if not self.learning_rate > 0 or not math.isfinite(self.learning_rate):
             raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate}")
         if self.num_threads < 0:

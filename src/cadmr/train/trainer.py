@@ -341,20 +341,39 @@ def _train_epoch(
     tc: TrainConfig,
     desc: str,
 ) -> dict[str, Any]:
-    """One pass over ``model.batches``; returns the mean loss and the seconds it took."""
+    """One pass over ``model.batches``; returns the mean loss and the seconds it took.
+
+    With ``tc.mirror_gradient``, batches 0, beta, 2 beta, ... (beta = ``mirror_interval``)
+    take Mirror Gradient's pair of steps: one on ``alpha1 x loss``, then one on
+    ``-alpha2 x loss`` recomputed on the same batch at the updated parameters. With plain
+    SGD the pair moves the parameters by ``-lr (alpha1 - alpha2) g - lr^2 alpha1 alpha2 H g``
+    to second order: with alpha1 = alpha2 only the curvature term remains, a step down the
+    gradient norm (towards flat minima). The reported loss is the first, unscaled one.
+    """
     model.train()
     t0 = time.perf_counter()
     total, n_batches = 0.0, 0
     bar = tqdm(model.batches(rng, tc.batch_size), desc=desc, disable=not tc.progress, leave=False)
-    for batch in bar:
-        optimizer.zero_grad(set_to_none=True)
+
+    def checked_loss(batch: Any) -> torch.Tensor:
         loss = model.loss(batch)
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"{model.name}: loss is {loss.item()} at {desc}, batch {n_batches}; "
                 "lower train.learning_rate or check the inputs"
             )
-        loss.backward()
+        return loss
+
+    for batch in bar:
+        optimizer.zero_grad(set_to_none=True)
+        loss = checked_loss(batch)
+        if tc.mirror_gradient and n_batches % tc.mirror_interval == 0:
+            (tc.mirror_alpha1 * loss).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            (-tc.mirror_alpha2 * checked_loss(batch)).backward()
+        else:
+            loss.backward()
         optimizer.step()
         total += float(loss.detach())
         n_batches += 1
