@@ -30,8 +30,10 @@ for seed in ${seeds[@]}; do
     model=${v%%-*}
     ae=""
     [[ $model == cadmr || $model == kernel_ae ]] && ae=${AE_SETS:-}
+    cmd=train
+    [[ $model == ease ]] && cmd=tune  # EASE's lambda grid, chosen on validation
     # shellcheck disable=SC2086
-    .venv/bin/cadmr train -m "$model" -d "$dataset" --seed "$seed" --out "$out" \
+    .venv/bin/cadmr $cmd -m "$model" -d "$dataset" --seed "$seed" --out "$out" \
       "${common[@]}" ${variants[$v]} $ae > /dev/null
     echo "$(date +%T) $dataset $v seed $seed done"
   done

@@ -57,7 +57,7 @@ def test_config_file_and_set_precedence(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "-m", "nope", "-d", "synthetic-tiny"], "registered models: bpr, cadmr, ease"),
+        (["train", "-m", "nope", "-d", "synthetic-tiny"], "registered models: "),  # then every name
         (["train", "-m", "bpr", "-d", "synthetic-tiny", "--set", "train.epoch=3"], "train.epoch"),
         (["train", "-m", "bpr", "-d", "no-such-data"], "neither a folder nor a synthetic"),
         (["data", "describe", "synthetic-huge"], "unknown synthetic preset"),
@@ -70,6 +70,10 @@ def test_errors_are_one_clear_line(args, message, capsys, tmp_path, monkeypatch)
     err = capsys.readouterr().err
     assert err.startswith("cadmr: error:") and message in err
     assert "Traceback" not in err
+    if "registered models" in message:
+        from cadmr.models import MODELS
+
+        assert err.rstrip().endswith(", ".join(sorted(MODELS)))
 
 
 def test_data_describe(capsys):
@@ -126,3 +130,37 @@ def test_training_errors_are_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("cadmr: error: ") and "already holds finished results" in err
     assert "Traceback" not in err
+
+
+def test_tune_searches_the_grid_and_writes_the_best_configuration(tmp_path, capsys):
+    out = tmp_path / "tune"
+    args = ["tune", "-m", "ease", "-d", "synthetic-tiny", "--out", str(out), "--quiet"]
+    assert main([*args, "--set", "search.reg_weight=[1.0,1000.0]"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    valid = {t["params"]["reg_weight"]: t["valid_recall@20"] for t in results["search"]}
+    chosen = max(valid, key=valid.get)
+    assert results["params"]["reg_weight"] == chosen
+    assert printed.count("| 1.0 |") == 1 and printed.count("| 1000.0 |") == 1
+    assert "best configuration:" in printed
+    # the written configuration reproduces the selected point with `train`
+    again = tmp_path / "again"
+    best = str(out / "best.yaml")
+    assert main(["train", "-m", "ease", "-d", "synthetic-tiny", "--config", best,
+                 "--out", str(again), "--quiet"]) == 0  # fmt: skip
+    retrained = json.loads((again / "results.json").read_text())
+    assert retrained["valid"]["recall@20"] == valid[chosen]
+    assert "search" not in retrained  # train runs one configuration
+
+
+def test_train_runs_one_configuration_and_points_to_tune(tmp_path, capsys):
+    out = tmp_path / "one"
+    assert main(["train", "-m", "ease", "-d", "synthetic-tiny", "--out", str(out), "--quiet"]) == 0
+    assert not (out / "trials").exists()
+    assert "`cadmr tune` searches its published grid" in capsys.readouterr().out
+
+
+def test_tune_without_a_grid_is_a_clear_error(tmp_path, capsys):
+    args = ["tune", "-m", "kernel_ae", "-d", "synthetic-tiny", "--out", str(tmp_path / "x")]
+    assert main(args) == 2
+    assert "kernel_ae has no default grid" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 cadmr demo                                   the README's main job
 cadmr train -m MODEL -d DATASET [--config FILE] [--set k=v ...] [--out DIR] [--seed N]
+cadmr tune -m MODEL -d DATASET [...]          the same, over the model's validation grid
 cadmr evaluate CHECKPOINT [--split test]
 cadmr recommend CHECKPOINT --user U [-k 10]
 cadmr explain CHECKPOINT --item I | --user U   what CADMR attended to
@@ -36,14 +37,10 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cadmr", description="Multimodal recommendation with an honest protocol."
-    )
-    parser.add_argument("--version", action="version", version=f"cadmr {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="train and evaluate one model")
+def _add_run_args(
+    p: argparse.ArgumentParser,
+    out_help: str = "output folder (default runs/<dataset>/<model>-seed<N>)",
+) -> None:
     p.add_argument("-m", "--model", required=True, help="registered model name (cadmr models)")
     p.add_argument("-d", "--dataset", required=True, help="dataset folder, name or synthetic-*")
     p.add_argument("--config", help="experiment YAML merged over the defaults")
@@ -55,11 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override one setting, e.g. --set train.epochs=50 --set params.n_layers=3",
     )
-    p.add_argument("--out", help="output folder (default runs/<dataset>/<model>-seed<N>)")
+    p.add_argument("--out", help=out_help)
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     _add_data_dir(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cadmr", description="Multimodal recommendation with an honest protocol."
+    )
+    parser.add_argument("--version", action="version", version=f"cadmr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train and evaluate one configuration")
+    _add_run_args(p)
+    p = sub.add_parser(
+        "tune", help="search a model's validation grid (its published one by default)"
+    )
+    _add_run_args(p, out_help="output folder (default runs/<dataset>/<model>-tune-seed<N>)")
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint under the protocol")
     p.add_argument("checkpoint")
@@ -106,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cadmr.data.sources import resolve_dataset
+    from cadmr.models import get_model_class
     from cadmr.train import resolve_run_config, results_markdown, run
 
     config = resolve_run_config(args.model, args.dataset, args.config, args.sets, args.seed)
@@ -117,7 +130,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(results_markdown([results]), end="")
     if "phases" in results:
         print(phase_summary(results))
+    grid = get_model_class(config.model).default_search
+    if grid and not config.search:
+        points = 1
+        for values in grid.values():
+            points *= len(values)
+        print(
+            f"note: these are {config.model}'s default parameters; `cadmr tune` searches its "
+            f"published grid ({points} points over {', '.join(grid)}) on validation"
+        )
     print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import yaml
+
+    from cadmr.data.sources import resolve_dataset
+    from cadmr.train import resolve_run_config, results_markdown, run, search_markdown
+
+    config = resolve_run_config(
+        args.model, args.dataset, args.config, args.sets, args.seed, use_default_search=True
+    )
+    if not config.search:
+        raise ValueError(
+            f"{config.model} has no default grid; give one, e.g. "
+            "--set search.<param>=[value1,value2]"
+        )
+    if args.quiet:
+        config = _quiet(config)
+    dataset = resolve_dataset(args.dataset, args.data_dir)
+    out = Path(args.out or f"runs/{dataset.name}/{config.model}-tune-seed{config.seed}")
+    results = run(config, dataset, out, resume=args.resume, echo=not args.quiet)
+    best = out / "best.yaml"
+    best.write_text(
+        f"# best of {len(results.get('search', [1]))} point(s) on validation "
+        f"{config.eval.valid_metric}; use with: cadmr train --config {best}\n"
+        + yaml.safe_dump({"params": results["params"]}, sort_keys=False)
+    )
+    print(search_markdown(results), end="")
+    print()
+    print(results_markdown([results]), end="")
+    print(f"best configuration: {best}\nresults: {out / 'results.json'}")
     return 0
 
 
@@ -220,7 +274,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     rows = []
     for name in args.models:
-        config = _quiet(resolve_run_config(name, args.dataset, extra=DEMO_SCHEDULE, seed=args.seed))
+        config = resolve_run_config(
+            name, args.dataset, extra=DEMO_SCHEDULE, seed=args.seed, use_default_search=True
+        )
+        config = _quiet(config)  # EASE's lambda is chosen on validation
         out = Path(args.out) / name
         shutil.rmtree(out, ignore_errors=True)
         t = time.perf_counter()
@@ -261,6 +318,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": cmd_train,
+    "tune": cmd_tune,
     "evaluate": cmd_evaluate,
     "recommend": cmd_recommend,
     "explain": cmd_explain,

@@ -140,7 +140,8 @@ class Recommender(abc.ABC):
         name: Registry name.
         params_cls: Frozen dataclass of the model's hyper-parameters.
         personalized: False for non-personalised models (popularity).
-        default_search: Validation grid searched unless the configuration sets one.
+        default_search: The published validation grid, searched by ``cadmr tune`` (and by
+            ``run`` when the configuration sets no ``search``).
         needs_features: True when the model cannot run without item features.
         item_block: Items scored per ``score_block`` call when ranking (``ranked_topk``);
             0 scores the whole catalogue with one ``score`` call.

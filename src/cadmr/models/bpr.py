@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -39,6 +40,9 @@ class BPRParams:
 class BPRMF(TorchRecommender):
     name = "bpr"
     params_cls = BPRParams
+    default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {  # MMRec's BPR grid
+        "reg_weight": (2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
+    }
 
     def __init__(
         self, params: BPRParams, n_users: int, n_items: int, feature_dims: Mapping[str, int]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -50,6 +50,10 @@ class LightGCN(BPRMF):
 
     name = "lightgcn"
     params_cls = LightGCNParams
+    default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {  # MMRec's LightGCN grid
+        "n_layers": (1, 2, 3, 4),
+        "reg_weight": (1e-2, 1e-3, 1e-4, 1e-5, 1e-6),
+    }
 
     def __init__(
         self,

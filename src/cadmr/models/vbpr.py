@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -55,7 +55,10 @@ class VBPR(BPRMF):
 
     name = "vbpr"
     params_cls = VBPRParams
-    needs_features = True  # no validation grid yet: issue 4 sets MMRec's
+    needs_features = True
+    default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {  # MMRec's VBPR grid
+        "reg_weight": (2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
+    }
 
     def __init__(
         self,

@@ -22,9 +22,14 @@ def resolve_run_config(
     sets: list[str] | tuple[str, ...] = (),
     seed: int | None = None,
     extra: dict[str, Any] | None = None,
+    use_default_search: bool = False,
 ) -> RunConfig:
     """Merge defaults -> dataset YAML -> model YAML -> ``config_file`` -> ``extra`` ->
     ``sets`` -> ``seed``, and validate the result strictly.
+
+    ``search`` is what the layers set (nothing: one configuration, as ``cadmr train``).
+    With ``use_default_search`` and no layer setting one, it is the model's published grid
+    (``default_search``), as ``cadmr tune`` searches.
 
     Packaged YAML files live in ``cadmr/configs/dataset/<name>.yaml`` and
     ``cadmr/configs/model/<name>.yaml`` and are used when present.
@@ -44,4 +49,5 @@ def resolve_run_config(
     layers.append(parse_sets(list(sets)))
     if seed is not None:
         layers.append({"seed": seed})
-    return build_run_config(cls.name, dataset, cls.params_cls, layers, cls.default_search)
+    grid = cls.default_search if use_default_search else None
+    return build_run_config(cls.name, dataset, cls.params_cls, layers, grid)

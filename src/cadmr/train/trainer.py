@@ -476,7 +476,14 @@ def run(
     }
     if len(trials) > 1:
         results["search"] = [
-            {"params": s["params"], "valid_" + metric: s["valid"][metric]} for s in summaries
+            {
+                "params": s["params"],
+                "valid_" + metric: s["valid"][metric],
+                "best_epoch": s["best_epoch"],
+                "epochs_run": s["epochs_run"],
+                "seconds_per_epoch": s["seconds_per_epoch"],
+            }
+            for s in summaries
         ]
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     atomic_write_text(out_dir / "results.md", results_markdown([results]))
@@ -516,4 +523,25 @@ def results_markdown(rows: list[dict[str, Any]], keys: tuple[str, ...] = HEADLIN
     if ref is not None and not any(r["model"] == "pop" for r in rows):
         pop = {"test": ref["popularity"], "dataset": ref["dataset"], "seed": ref["seed"]}
         lines.append(row("pop (reference)", pop, "-", "-", "-"))
+    return "\n".join(lines) + "\n"
+
+
+def search_markdown(results: dict[str, Any]) -> str:
+    """A Markdown table of a grid search: one row per point (the searched parameters only),
+    its best validation metric, best epoch and seconds per epoch; the selected point is
+    marked. The test split plays no part in it (it is evaluated once, at the selected point).
+    """
+    trials = results.get("search", [])
+    if not trials:
+        return ""
+    metric = results["config"]["eval"]["valid_metric"]
+    keys = list(results["config"]["search"])
+    best = max(range(len(trials)), key=lambda i: trials[i]["valid_" + metric])
+    head = [*keys, f"valid {metric}", "best epoch", "s/epoch", "selected"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, t in enumerate(trials):
+        cells = [str(t["params"][k]) for k in keys]
+        cells += [f"{t['valid_' + metric]:.4f}", str(t["best_epoch"])]
+        cells += [f"{t['seconds_per_epoch']:.2f}", "*" if i == best else ""]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
