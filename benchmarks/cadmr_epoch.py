@@ -18,28 +18,17 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import platform
-import resource
 import time
 
 import numpy as np
 import torch
+from _machine import machine_line, peak_rss_gib
 from torch.utils.flop_counter import FlopCounterMode
 
 from cadmr.data import LeakageGuard
 from cadmr.data.sources import resolve_dataset
 from cadmr.train.resolve import resolve_run_config
 from cadmr.train.trainer import build_model, make_optimizer
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Measured fp32 GFLOP/s of an n x n matmul with the current torch threads."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
 def _sparse_flops(model, items: np.ndarray, phase: str) -> float:
@@ -88,7 +77,7 @@ def measure(spec: str, phase: str, batch_size: int, max_batches: int, threads: i
             "epoch_s": epoch_s,
             "gflop": epoch_flops / 1e9,
             "gflops": epoch_flops / 1e9 / epoch_s,
-            "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_gib": peak_rss_gib(),
         }
     )
 
@@ -101,12 +90,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, "
-        f"{len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, "
-        f"{args.threads} threads, fp32 matmul {matmul_gflops():.0f} GFLOP/s"
-    )
+    print(machine_line(args.threads))
     print()
     print(
         "| dataset | users x items | phase | item batch | batches/epoch | s/epoch | "

@@ -87,7 +87,10 @@ def test_topk_cooccurrence_known_answer(block):
             [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 1]], dtype=np.float32
         )
     )
+    m.data *= 3.0  # counts do not depend on the values, and the input is left as it was
+    m.data.flags.writeable = False
     idx, counts = topk_cooccurrence(m, 2, block=block)
+    assert set(m.data) == {3.0}
     np.testing.assert_array_equal(idx, [[1, 2], [0, -1], [0, -1], [-1, -1]])
     np.testing.assert_array_equal(counts, [[2, 1], [2, 0], [1, 0], [0, 0]])
 

@@ -136,7 +136,7 @@ def topk_cooccurrence(
     """
     if k <= 0:
         raise ValueError(f"k must be > 0, got {k}")
-    m = sp.csr_matrix(matrix, dtype=np.float32)
+    m = sp.csr_matrix(matrix, dtype=np.float32, copy=True)  # binarised below: not the caller's
     m.data[:] = 1.0
     mt = sp.csr_matrix(m.T)
     n = m.shape[0]

@@ -1,0 +1,124 @@
+"""Seconds per epoch, evaluation seconds and peak memory of every registered model.
+
+Usage:
+    python benchmarks/model_epoch.py [--models lightgcn dragon ...] \
+        [--datasets lfm2k synthetic-baby] [--threads 2] [--max-batches 5]
+
+For each dataset and model (default parameters and batch size), a fresh process builds the
+dataset and the model, times its set-up (graphs, adjacency), then for each training phase
+times ``--max-batches`` optimisation steps after one warm-up step and extrapolates to the
+epoch's batch count (exact when the epoch has no more batches), times one full evaluation of
+the validation split (every user ranked against every item), and reports the process's peak
+resident memory. The first line states the machine: cores, torch threads and the measured
+fp32 matmul GFLOP/s. Models that need features are skipped on data without any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import time
+
+import numpy as np
+import torch
+from _machine import machine_line, peak_rss_gib
+
+from cadmr.data import LeakageGuard
+from cadmr.data.sources import resolve_dataset
+from cadmr.eval.protocol import evaluate
+from cadmr.models import MODELS, ClosedFormRecommender
+from cadmr.train.resolve import resolve_run_config
+from cadmr.train.trainer import build_model, make_optimizer
+
+
+def step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: object) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    model.loss(batch).backward()
+    optimizer.step()
+
+
+def measure(spec: str, name: str, max_batches: int, threads: int, out: mp.Queue) -> None:
+    torch.set_num_threads(threads)
+    dataset = resolve_dataset(spec)
+    config = resolve_run_config(name, spec)
+    model = build_model(config, config.params, dataset)
+    t0 = time.perf_counter()
+    model.setup(dataset.train, dataset.features, LeakageGuard(dataset))
+    if isinstance(model, ClosedFormRecommender):
+        model.fit()
+    setup_s = time.perf_counter() - t0
+    epochs: list[str] = []
+    if not isinstance(model, ClosedFormRecommender):
+        for phase in model.phases():
+            model.start_phase(phase)
+            optimizer = make_optimizer(model, config.train)
+            model.train()
+            batches = list(model.batches(np.random.default_rng(0), config.train.batch_size))
+
+            step(model, optimizer, batches[0])  # warm-up
+            timed = batches[1 : 1 + max_batches] or batches[:1]
+            t0 = time.perf_counter()
+            for batch in timed:
+                step(model, optimizer, batch)
+            per_batch = (time.perf_counter() - t0) / len(timed)
+            mark = "" if len(timed) + 1 >= len(batches) else "*"
+            epochs.append(f"{phase} {per_batch * len(batches):.1f}{mark} ({len(batches)})")
+        model.eval()
+    t0 = time.perf_counter()
+    evaluate(model, dataset, "valid", config.eval)
+    out.put(
+        {
+            "dataset": dataset.name,
+            "size": f"{dataset.n_users}x{dataset.n_items}",
+            "model": name,
+            "setup_s": setup_s,
+            "epochs": "; ".join(epochs) or "closed form",
+            "eval_s": time.perf_counter() - t0,
+            "peak_gib": peak_rss_gib(),
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=sorted(MODELS))
+    parser.add_argument("--datasets", nargs="+", default=["lfm2k", "synthetic-baby"])
+    parser.add_argument("--max-batches", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    args = parser.parse_args()
+
+    print(machine_line(args.threads))
+    print()
+    print(
+        "| dataset | users x items | model | set-up s | s/epoch per phase (batches) | "
+        "eval s (valid) | peak RSS GiB |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    ctx = mp.get_context("spawn")
+    for spec in args.datasets:
+        has_features = bool(resolve_dataset(spec).modalities)
+        for name in args.models:
+            if MODELS[name].needs_features and not has_features:
+                continue
+            queue = ctx.Queue()
+            proc = ctx.Process(
+                target=measure, args=(spec, name, args.max_batches, args.threads, queue)
+            )
+            proc.start()
+            proc.join()
+            if proc.exitcode != 0:
+                print(f"| {spec} | - | {name} | failed (exit {proc.exitcode}) | | | |", flush=True)
+                continue
+            r = queue.get()
+            print(
+                f"| {r['dataset']} | {r['size']} | {r['model']} | {r['setup_s']:.1f} | "
+                f"{r['epochs']} | {r['eval_s']:.1f} | {r['peak_gib']:.2f} |",
+                flush=True,
+            )
+    print()
+    print(f"* extrapolated from {args.max_batches} timed steps after one warm-up step")
+
+
+if __name__ == "__main__":
+    main()
