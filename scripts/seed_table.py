@@ -19,7 +19,11 @@ from pathlib import Path
 import numpy as np
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
-ORDER = ("cadmr", "cadmr-no-tc", "cadmr-no-ca", "cadmr-frozen", "kernel_ae", "ease", "lightgcn")
+ORDER = (
+    "cadmr", "cadmr-no-tc", "cadmr-no-ca", "cadmr-frozen", "kernel_ae", "ease", "lightgcn",
+    "bpr", "vbpr", "lattice", "freedom", "freedom+mg", "dragon", "dragon+mg", "bm3", "slmrec",
+    "addvae", "pop",
+)  # fmt: skip
 
 
 def collect(runs_dir: Path) -> dict[str, list[dict]]:

@@ -57,7 +57,7 @@ def test_sym_normalize_known_answer():
     a = sp.csr_matrix(np.array([[0, 1, 1], [1, 0, 0], [0, 0, 0]], dtype=np.float32))
     n = sym_normalize(a).toarray()
     d = np.array([2.0, 1.0, 0.0])
-    inv = np.where(d > 0, d**-0.5, 0)
+    inv = np.divide(1.0, np.sqrt(d), out=np.zeros_like(d), where=d > 0)
     np.testing.assert_allclose(n, inv[:, None] * a.toarray() * inv[None, :], atol=1e-7)
 
 

@@ -312,3 +312,16 @@ def test_mirror_gradient_runs_any_model_end_to_end(tiny, tmp_path):
     plain = run(_cfg("lightgcn", epochs=2), tiny, tmp_path / "plain", echo=False)
     assert results["config"]["train"]["mirror_gradient"] is True
     assert results["valid"] != plain["valid"]  # the strategy changed the training
+
+
+@pytest.mark.parametrize(("model_lr", "expected"), [(0.0, 0.5), (0.01, 0.01)])
+def test_a_learning_rate_parameter_overrides_the_training_one(model_lr, expected):
+    """MMRec's grids search the learning rate, so models may carry it as a parameter."""
+    from types import SimpleNamespace
+
+    from cadmr.config import TrainConfig
+    from cadmr.train.trainer import make_optimizer
+
+    model = torch.nn.Linear(2, 2)
+    model.params = SimpleNamespace(learning_rate=model_lr)
+    assert make_optimizer(model, TrainConfig(learning_rate=0.5)).param_groups[0]["lr"] == expected

@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+from cadmr.models.addvae import ADDVAE
 from cadmr.models.base import ClosedFormRecommender, Recommender, TorchRecommender
+from cadmr.models.bm3 import BM3
 from cadmr.models.bpr import BPRMF
 from cadmr.models.cadmr import CADMR
+from cadmr.models.dragon import DRAGON
 from cadmr.models.ease import EASE
+from cadmr.models.freedom import FREEDOM
 from cadmr.models.kernel_ae import KernelAE
+from cadmr.models.lattice import LATTICE
 from cadmr.models.lightgcn import LightGCN
 from cadmr.models.popularity import Popularity
+from cadmr.models.slmrec import SLMRec
 from cadmr.models.vbpr import VBPR
 
 MODELS: dict[str, type[Recommender]] = {
-    m.name: m for m in (Popularity, EASE, BPRMF, LightGCN, VBPR, KernelAE, CADMR)
+    m.name: m
+    for m in (
+        Popularity,
+        EASE,
+        BPRMF,
+        LightGCN,
+        VBPR,
+        KernelAE,
+        CADMR,
+        DRAGON,
+        BM3,
+        SLMRec,
+        LATTICE,
+        FREEDOM,
+        ADDVAE,
+    )
 }
 
 

@@ -62,3 +62,31 @@ class TripletSampler:
                 torch.from_numpy(self.items[idx]),
                 torch.from_numpy(self.negatives(u, rng)),
             )
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """Observed training pairs (user u interacted with item), no negatives. Both (B,) int64."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+
+
+class PairSampler:
+    """One epoch = every training interaction once, in random order, without negatives (for
+    models trained on positive pairs only: BM3's bootstrap loss, in-batch InfoNCE).
+
+    Args:
+        train: Binary user x item training matrix.
+    """
+
+    def __init__(self, train: sp.csr_matrix) -> None:
+        coo = train.tocoo()
+        self.users = coo.row.astype(np.int64)
+        self.items = coo.col.astype(np.int64)
+
+    def epoch(self, rng: np.random.Generator, batch_size: int) -> Iterator[PairBatch]:
+        order = rng.permutation(len(self.users))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            yield PairBatch(torch.from_numpy(self.users[idx]), torch.from_numpy(self.items[idx]))

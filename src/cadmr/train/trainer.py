@@ -381,11 +381,17 @@ def _train_epoch(
 
 
 def make_optimizer(model: TorchRecommender, tc: TrainConfig) -> torch.optim.Optimizer:
-    """The model's own optimizer if it defines one, else Adam with the configured settings."""
+    """The model's own optimizer if it defines one, else Adam with the configured settings.
+
+    A model whose parameters have a ``learning_rate`` field (LATTICE, DRAGON: MMRec's grids
+    search it, and grids range over model parameters) trains at that rate when it is > 0,
+    at ``train.learning_rate`` when it is 0.
+    """
     custom = getattr(model, "make_optimizer", None)
     if custom is not None:
         return custom(tc)
-    return torch.optim.Adam(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    lr = getattr(model.params, "learning_rate", 0.0) or tc.learning_rate
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=tc.weight_decay)
 
 
 def load_model(checkpoint: str | Path, dataset: Dataset) -> tuple[Recommender, dict[str, Any]]:
