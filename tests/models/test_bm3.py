@@ -132,12 +132,10 @@ def test_any_number_of_modalities_trains(n_modalities):
     assert scores.shape == (5, data.n_items) and torch.isfinite(scores).all()
 
 
-def test_batches_are_positive_pairs_and_reset_the_cache():
+def test_batches_are_positive_pairs():
     data = _data()
     model = _model(data)
-    model.prepare_scoring()
     batches = list(model.batches(np.random.default_rng(0), 50))
-    assert model._final is None
     users = torch.cat([b.users for b in batches]).numpy().copy()
     items = torch.cat([b.items for b in batches]).numpy().copy()
     assert len(users) == data.train.nnz

@@ -152,6 +152,28 @@ def test_training_step_lowers_loss(name, board):
 
 
 @pytest.mark.parametrize("name", TORCH)
+def test_scores_follow_the_parameters(name, board):
+    """Scores computed after training steps come from the new parameters, even when the
+    model cached embeddings for an earlier round of scoring (CachedEmbeddingScores)."""
+    model = _ready(name, board)
+    users = np.arange(board.n_users)
+    model.eval()
+    model.prepare_scoring()
+    with torch.no_grad():
+        before = model.score(users)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    model.train()
+    for batch in model.batches(np.random.default_rng(0), 256):
+        opt.zero_grad()
+        model.loss(batch).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        after = model.score(users)
+    assert not torch.allclose(before, after)
+
+
+@pytest.mark.parametrize("name", TORCH)
 def test_every_parameter_gets_a_gradient(name, board):
     """Within the first two optimizer steps of its phases, every parameter gets a non-zero
     gradient (two steps: a zero-initialised layer passes no gradient back on the first)."""

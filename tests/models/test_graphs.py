@@ -106,3 +106,17 @@ def test_topk_cooccurrence_matches_dense():
         np.testing.assert_array_equal(counts[u], expected)
         valid = idx[u] >= 0
         np.testing.assert_array_equal(co[u, idx[u][valid]], counts[u][valid])
+
+
+def test_feature_tensor_norms_rows_and_copies():
+    from cadmr.models.layers import feature_tensor
+
+    x = np.array([[3.0, 4.0], [0.0, 0.0]], dtype=np.float32)
+    x.flags.writeable = False  # the dataset's arrays are read-only
+    t = feature_tensor(x)
+    np.testing.assert_allclose(t.numpy(), [[0.6, 0.8], [0.0, 0.0]])
+    raw = feature_tensor(x, "none")
+    raw[0, 0] = 7.0
+    assert x[0, 0] == 3.0 and t.dtype == torch.float32
+    with pytest.raises(ValueError, match="'l2' or 'none'"):
+        feature_tensor(x, "max")

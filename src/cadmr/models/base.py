@@ -268,3 +268,38 @@ class TorchRecommender(nn.Module, Recommender):
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         self.load_state_dict(dict(state))
+
+
+class CachedEmbeddingScores:
+    """Mixin for models that score ``<user, item>`` of final embeddings computed from all
+    parameters at once (LightGCN and the graph models): the subclass implements
+    ``final_embeddings``; ``prepare_scoring`` computes them once per round of scoring and
+    ``score`` reads them. Switching train/eval mode (the trainer calls ``train()`` before
+    every epoch, evaluation ``eval()``) and ``load_state`` drop the cache, so scores never
+    come from parameters that have since changed. Put it before the model's base class:
+    ``class LightGCN(CachedEmbeddingScores, BPRMF)``.
+    """
+
+    _final: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(users (U, d), items (I, d)) whose dot products are the scores."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def prepare_scoring(self) -> None:
+        self._final = self.final_embeddings()
+
+    def score(self, users: np.ndarray) -> torch.Tensor:
+        if self._final is None:
+            self.prepare_scoring()
+        u, i = self._final
+        return u[torch.from_numpy(np.asarray(users, dtype=np.int64))] @ i.T  # (B, n_items)
+
+    def train(self, mode: bool = True):
+        self._final = None
+        return super().train(mode)  # type: ignore[misc]
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        super().load_state(state)  # type: ignore[misc]
+        self._final = None

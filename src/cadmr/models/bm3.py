@@ -50,8 +50,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cadmr.data.leakage import LeakageGuard
-from cadmr.models.base import TorchRecommender
-from cadmr.models.layers import normalized_bipartite_adjacency, propagate_mean, to_torch_sparse
+from cadmr.models.base import CachedEmbeddingScores, TorchRecommender
+from cadmr.models.layers import (
+    feature_tensor,
+    normalized_bipartite_adjacency,
+    propagate_mean,
+    to_torch_sparse,
+)
 from cadmr.models.sampling import PairBatch, PairSampler
 
 
@@ -59,11 +64,6 @@ def cosine_loss(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - mean cosine similarity of matching rows, (B, d) x (B, d) -> scalar. The target
     is detached: the bootstrap loss never sends gradient into its target view."""
     return 1.0 - F.cosine_similarity(online, target.detach(), dim=-1).mean()
-
-
-def l2_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class BM3Params:
             raise ValueError(f"feature_norm must be 'l2' or 'none', got {self.feature_norm!r}")
 
 
-class BM3(TorchRecommender):
+class BM3(CachedEmbeddingScores, TorchRecommender):
     """LightGCN + per-modality projections, trained by BM3's bootstrap loss (module docstring)."""
 
     name = "bm3"
@@ -130,7 +130,6 @@ class BM3(TorchRecommender):
         for layer in self.projections.values():
             nn.init.xavier_normal_(layer.weight)
         self.features: dict[str, torch.Tensor] = {}
-        self._final: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def setup(
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
@@ -140,10 +139,7 @@ class BM3(TorchRecommender):
         self.adj = to_torch_sparse(guard.check(adj, "BM3 adjacency", layout="bipartite"))
         self.sampler = PairSampler(self.train_matrix)
         for m in self.modalities:
-            f = np.asarray(features[m], dtype=np.float32)
-            if self.params.feature_norm == "l2":
-                f = l2_rows(f)
-            self.features[m] = torch.from_numpy(np.array(f, dtype=np.float32))  # (I, d_m), a copy
+            self.features[m] = feature_tensor(features[m], self.params.feature_norm)  # (I, d_m)
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Online encoder: (users (U, d), items (I, d)); items carry their ID residual."""
@@ -156,7 +152,6 @@ class BM3(TorchRecommender):
         return F.dropout(x.detach(), p=self.params.dropout, training=True)
 
     def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[PairBatch]:
-        self._final = None  # parameters will change
         return self.sampler.epoch(rng, batch_size)
 
     def loss(self, batch: PairBatch) -> torch.Tensor:
@@ -173,17 +168,6 @@ class BM3(TorchRecommender):
         reg = (users_all.norm() + items_all.norm()) / self.n_items
         return graph + p.cl_weight * feature + p.reg_weight * reg
 
-    @torch.no_grad()
-    def prepare_scoring(self) -> None:
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         users, items = self.propagate()
-        self._final = self.predictor(users), self.predictor(items)
-
-    def score(self, users: np.ndarray) -> torch.Tensor:
-        if self._final is None:
-            self.prepare_scoring()
-        u, i = self._final
-        return u[torch.from_numpy(np.asarray(users, dtype=np.int64))] @ i.T  # (B, n_items)
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        super().load_state(state)
-        self._final = None
+        return self.predictor(users), self.predictor(items)

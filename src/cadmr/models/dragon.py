@@ -64,10 +64,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cadmr.data.leakage import LeakageGuard
-from cadmr.models.base import TorchRecommender
+from cadmr.models.base import CachedEmbeddingScores, TorchRecommender
 from cadmr.models.graphs import knn_graph, sym_normalize, topk_cooccurrence
 from cadmr.models.layers import (
     bpr_loss,
+    feature_tensor,
     l2_per_example,
     normalized_bipartite_adjacency,
     propagate_mean,
@@ -186,7 +187,7 @@ def item_graph(features: Sequence[np.ndarray], k: int, weights: Sequence[float])
     return out
 
 
-class DRAGON(TorchRecommender):
+class DRAGON(CachedEmbeddingScores, TorchRecommender):
     """DRAGON with N modalities (module docstring)."""
 
     name = "dragon"
@@ -229,7 +230,6 @@ class DRAGON(TorchRecommender):
             torch.softmax(nn.init.xavier_normal_(torch.empty(n_users, n_mod)), dim=1)
         )
         self.features: list[torch.Tensor] = []
-        self._final: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def setup(
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
@@ -240,20 +240,9 @@ class DRAGON(TorchRecommender):
         self.adj = to_torch_sparse(guard.check(adj, "DRAGON adjacency", layout="bipartite"))
         # derived from the training matrix checked in Recommender.setup
         self.user_adj = to_torch_sparse(user_graph(self.train_matrix, self.params.user_k))
-        raw = []
-        for m in self.modalities:
-            f = np.array(features[m], dtype=np.float32)  # a writable copy
-            if f.shape != (self.n_items, self.feature_dims[m]):
-                raise ValueError(
-                    f"{m} features have shape {f.shape}, expected "
-                    f"{(self.n_items, self.feature_dims[m])}"
-                )
-            raw.append(f)
+        raw = [features[m] for m in self.modalities]  # (I, d_m) each, checked by the Dataset
         self.item_adj = to_torch_sparse(item_graph(raw, self.params.knn_k, self.graph_weights))
-        if self.params.feature_norm == "l2":
-            raw = [f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12) for f in raw]
-        self.features = [torch.from_numpy(f) for f in raw]
-        self._final = None
+        self.features = [feature_tensor(f, self.params.feature_norm) for f in raw]
 
     def representations(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Final (users (U, N d), items (I, N d)) after both graphs."""
@@ -275,7 +264,6 @@ class DRAGON(TorchRecommender):
         return u + torch.sparse.mm(self.user_adj, u), i + h
 
     def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[TripletBatch]:
-        self._final = None  # parameters will change
         return self.sampler.epoch(rng, batch_size)
 
     def loss(self, batch: TripletBatch) -> torch.Tensor:
@@ -288,16 +276,5 @@ class DRAGON(TorchRecommender):
         reg = reg + self.user_weights.pow(2).mean()
         return ranking + self.params.reg_weight * reg
 
-    @torch.no_grad()
-    def prepare_scoring(self) -> None:
-        self._final = self.representations()
-
-    def score(self, users: np.ndarray) -> torch.Tensor:
-        if self._final is None:
-            self.prepare_scoring()
-        u, i = self._final
-        return u[torch.from_numpy(np.asarray(users, dtype=np.int64))] @ i.T  # (B, n_items)
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        super().load_state(state)
-        self._final = None
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.representations()

@@ -53,10 +53,12 @@ import torch
 from torch import nn
 
 from cadmr.data.leakage import LeakageGuard
+from cadmr.models.base import CachedEmbeddingScores
 from cadmr.models.bpr import BPRMF
 from cadmr.models.graphs import knn_graph, sym_normalize
 from cadmr.models.layers import (
     bpr_loss,
+    feature_tensor,
     normalized_bipartite_adjacency,
     propagate_mean,
     to_torch_sparse,
@@ -115,7 +117,7 @@ def modality_graph_weights(
     return {m: primary_weight if m == primary else rest for m in modalities}
 
 
-class FREEDOM(BPRMF):
+class FREEDOM(CachedEmbeddingScores, BPRMF):
     """LightGCN on a degree-pruned user-item graph plus a frozen item-item graph."""
 
     name = "freedom"
@@ -143,7 +145,6 @@ class FREEDOM(BPRMF):
             }
         )  # no bias: it cancels in the modality BPR difference (MMRec's gets no gradient)
         self.features: dict[str, torch.Tensor] = {}
-        self._final: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def setup(
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
@@ -164,12 +165,9 @@ class FREEDOM(BPRMF):
         graph = sp.csr_matrix((self.n_items, self.n_items), dtype=np.float32)
         self.features = {}
         for m in self.modalities:
-            raw = np.array(features[m], dtype=np.float32)  # (I, d_m), a writable copy
-            graph = graph + weights[m] * sym_normalize(knn_graph(raw, p.knn_k))
-            x = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
-            self.features[m] = torch.from_numpy(x if p.feature_norm == "l2" else raw)
+            graph = graph + weights[m] * sym_normalize(knn_graph(features[m], p.knn_k))
+            self.features[m] = feature_tensor(features[m], p.feature_norm)  # (I, d_m)
         self.item_adj = to_torch_sparse(graph)  # (I, I) sparse, frozen
-        self._final = None
 
     def sample_edges(self, rng: np.random.Generator) -> np.ndarray:
         """Indices (into the training edges) kept by degree-sensitive pruning, sorted.
@@ -204,7 +202,6 @@ class FREEDOM(BPRMF):
         return out[: self.n_users], out[self.n_users :] + h
 
     def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[TripletBatch]:
-        self._final = None  # parameters will change
         # the pruned graph is drawn first, so an epoch's draws depend on the rng state only
         self.train_adj = self.pruned_adjacency(rng) if self.params.dropout > 0 else self.adj
         return super().batches(rng, batch_size)
@@ -222,16 +219,5 @@ class FREEDOM(BPRMF):
             loss = loss + self.params.reg_weight * modal
         return loss
 
-    @torch.no_grad()
-    def prepare_scoring(self) -> None:
-        self._final = self.propagate(self.adj)
-
-    def score(self, users: np.ndarray) -> torch.Tensor:
-        if self._final is None:
-            self.prepare_scoring()
-        u, i = self._final
-        return u[torch.from_numpy(np.asarray(users, dtype=np.int64))] @ i.T  # (B, n_items)
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        super().load_state(state)
-        self._final = None
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.propagate(self.adj)  # the full graph: pruning is a training device

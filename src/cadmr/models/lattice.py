@@ -56,10 +56,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cadmr.data.leakage import LeakageGuard
+from cadmr.models.base import CachedEmbeddingScores
 from cadmr.models.bpr import BPRMF
 from cadmr.models.graphs import knn_graph, knn_neighbours, sym_normalize, sym_normalize_values
 from cadmr.models.layers import (
     bpr_loss,
+    feature_tensor,
     l2_per_example,
     normalized_bipartite_adjacency,
     propagate_mean,
@@ -108,12 +110,7 @@ class LATTICEParams:
             raise ValueError(f"feature_norm must be 'l2' or 'none', got {self.feature_norm!r}")
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-class LATTICE(BPRMF):
+class LATTICE(CachedEmbeddingScores, BPRMF):
     """LightGCN plus a mixed initial/learned item-item graph (module docstring)."""
 
     name = "lattice"
@@ -147,7 +144,6 @@ class LATTICE(BPRMF):
         self._init_graphs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (indices, values)
         self._graph: torch.Tensor | None = None  # item graph of the epoch, detached
         self._rebuild = True
-        self._final: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def setup(
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
@@ -157,13 +153,11 @@ class LATTICE(BPRMF):
         self.adj = to_torch_sparse(guard.check(adj, "LATTICE adjacency", layout="bipartite"))
         self.features, self._init_graphs = {}, []
         for m in self.modalities:
-            raw = np.array(features[m], dtype=np.float32)  # (I, d_m), a writable copy
-            x = _unit_rows(raw) if self.params.feature_norm == "l2" else raw
-            self.features[m] = torch.from_numpy(np.ascontiguousarray(x))
-            g = sym_normalize(knn_graph(raw, self.params.knn_k, weighted=True)).tocoo()
+            self.features[m] = feature_tensor(features[m], self.params.feature_norm)  # (I, d_m)
+            g = sym_normalize(knn_graph(features[m], self.params.knn_k, weighted=True)).tocoo()
             indices = torch.from_numpy(np.vstack([g.row, g.col]).astype(np.int64))  # (2, I k)
             self._init_graphs.append((indices, torch.from_numpy(g.data)))
-        self._graph, self._rebuild, self._final = None, True, None
+        self._graph, self._rebuild = None, True
 
     def modality_weights(self) -> torch.Tensor:
         """(M,) softmax weights of the modalities, in sorted name order."""
@@ -226,7 +220,6 @@ class LATTICE(BPRMF):
         return users, items + F.normalize(h, dim=1)
 
     def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[TripletBatch]:
-        self._final = None  # parameters will change
         self._rebuild = True  # the epoch's first loss rebuilds the learned graph
         return super().batches(rng, batch_size)
 
@@ -242,16 +235,9 @@ class LATTICE(BPRMF):
         ranking = bpr_loss((u * p).sum(1), (u * n).sum(1))
         return ranking + self.params.reg_weight * 0.5 * l2_per_example(u, p, n)
 
-    @torch.no_grad()
-    def prepare_scoring(self) -> None:
-        self._final = self.propagate(self.item_graph())
-
-    def score(self, users: np.ndarray) -> torch.Tensor:
-        if self._final is None:
-            self.prepare_scoring()
-        u, i = self._final
-        return u[torch.from_numpy(np.asarray(users, dtype=np.int64))] @ i.T  # (B, n_items)
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.propagate(self.item_graph())  # the graph of the current parameters
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         super().load_state(state)
-        self._final, self._graph, self._rebuild = None, None, True
+        self._graph, self._rebuild = None, True

@@ -144,3 +144,16 @@ def shared_kernels(layers: Iterable[LocalKernelLayer]) -> Iterator[None]:
     finally:
         for layer in layers:
             layer._shared = None
+
+
+def feature_tensor(features: np.ndarray, norm: str = "l2") -> torch.Tensor:
+    """A float32 tensor copy of one modality's (I, d) features, its rows scaled to unit L2
+    norm when ``norm`` is "l2" (zero rows stay zero), as they are when "none". The models'
+    ``feature_norm`` option: modalities come at very different scales (lfm2k's VGGish audio
+    rows have norm ~1,500, its MiniLM text rows 1)."""
+    x = np.array(features, dtype=np.float32)  # a copy: the dataset's arrays are read-only
+    if norm == "l2":
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    elif norm != "none":
+        raise ValueError(f"feature norm must be 'l2' or 'none', got {norm!r}")
+    return torch.from_numpy(x)

@@ -8,7 +8,7 @@ batch, grid n_layers in 1..4 and reg_weight in 1e-2..1e-6).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -17,6 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from cadmr.data.leakage import LeakageGuard
+from cadmr.models.base import CachedEmbeddingScores
 from cadmr.models.bpr import BPRMF
 from cadmr.models.layers import (
     bpr_loss,
@@ -45,7 +46,7 @@ class LightGCNParams:
             raise ValueError("embedding_size must be > 0, n_layers >= 0 and reg_weight >= 0")
 
 
-class LightGCN(BPRMF):
+class LightGCN(CachedEmbeddingScores, BPRMF):
     """BPR-MF's ID embeddings and sampler, scored after graph propagation."""
 
     name = "lightgcn"
@@ -63,7 +64,6 @@ class LightGCN(BPRMF):
         feature_dims: Mapping[str, int],
     ) -> None:
         super().__init__(params, n_users, n_items, feature_dims)
-        self._final: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def setup(
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
@@ -77,10 +77,6 @@ class LightGCN(BPRMF):
         out = propagate_mean(self.adj, ego, self.params.n_layers)
         return out[: self.n_users], out[self.n_users :]
 
-    def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[TripletBatch]:
-        self._final = None  # parameters will change
-        return super().batches(rng, batch_size)
-
     def loss(self, batch: TripletBatch) -> torch.Tensor:
         users, items = self.propagate()
         u, p, n = users[batch.users], items[batch.pos], items[batch.neg]
@@ -90,16 +86,5 @@ class LightGCN(BPRMF):
         )
         return ranking + self.params.reg_weight * reg
 
-    @torch.no_grad()
-    def prepare_scoring(self) -> None:
-        self._final = self.propagate()
-
-    def score(self, users: np.ndarray) -> torch.Tensor:
-        if self._final is None:
-            self.prepare_scoring()
-        u, i = self._final
-        return u[torch.from_numpy(users)] @ i.T  # (B, n_items)
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        super().load_state(state)
-        self._final = None
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.propagate()

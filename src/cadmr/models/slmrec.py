@@ -63,8 +63,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cadmr.data.leakage import LeakageGuard
-from cadmr.models.base import TorchRecommender
-from cadmr.models.layers import normalized_bipartite_adjacency, propagate_mean, to_torch_sparse
+from cadmr.models.base import CachedEmbeddingScores, TorchRecommender
+from cadmr.models.layers import (
+    feature_tensor,
+    normalized_bipartite_adjacency,
+    propagate_mean,
+    to_torch_sparse,
+)
 from cadmr.models.sampling import PairBatch, PairSampler
 
 SSL_TASKS = ("FAC", "FD", "FM", "FD+FM")
@@ -138,7 +143,7 @@ class SLMRecParams:
             raise ValueError(f"feature_norm must be 'l2' or 'none', got {self.feature_norm!r}")
 
 
-class SLMRec(TorchRecommender):
+class SLMRec(CachedEmbeddingScores, TorchRecommender):
     """ID + per-modality graph branches, fused, with SLMRec's SSL tasks (module docstring)."""
 
     name = "slmrec"
@@ -185,7 +190,6 @@ class SLMRec(TorchRecommender):
             for layer in (self.fac_id, *self.fac_chain, *self.fac_modality.values()):
                 nn.init.xavier_uniform_(layer.weight)
         self.features: dict[str, torch.Tensor] = {}
-        self._final: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def setup(
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
@@ -195,10 +199,7 @@ class SLMRec(TorchRecommender):
         self.adj = to_torch_sparse(guard.check(adj, "SLMRec adjacency", layout="bipartite"))
         self.sampler = PairSampler(self.train_matrix)
         for m in self.modalities:
-            f = np.asarray(features[m], dtype=np.float32)
-            if self.params.feature_norm == "l2":
-                f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-            self.features[m] = torch.from_numpy(np.array(f, dtype=np.float32))  # (I, d_m), a copy
+            self.features[m] = feature_tensor(features[m], self.params.feature_norm)  # (I, d_m)
 
     # ---- encoder ------------------------------------------------------------------------
 
@@ -239,7 +240,6 @@ class SLMRec(TorchRecommender):
     # ---- training -----------------------------------------------------------------------
 
     def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[PairBatch]:
-        self._final = None  # parameters will change
         return self.sampler.epoch(rng, batch_size)
 
     def loss(self, batch: PairBatch) -> torch.Tensor:
@@ -290,16 +290,5 @@ class SLMRec(TorchRecommender):
 
     # ---- scoring ------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def prepare_scoring(self) -> None:
-        self._final = self.final(self.branches(), None, None)
-
-    def score(self, users: np.ndarray) -> torch.Tensor:
-        if self._final is None:
-            self.prepare_scoring()
-        u, i = self._final
-        return u[torch.from_numpy(np.asarray(users, dtype=np.int64))] @ i.T  # (B, n_items)
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        super().load_state(state)
-        self._final = None
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.final(self.branches(), None, None)

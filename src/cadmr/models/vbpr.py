@@ -22,7 +22,7 @@ from torch import nn
 
 from cadmr.data.leakage import LeakageGuard
 from cadmr.models.bpr import BPRMF
-from cadmr.models.layers import bpr_loss, l2_per_example
+from cadmr.models.layers import bpr_loss, feature_tensor, l2_per_example
 from cadmr.models.sampling import TripletBatch
 
 
@@ -84,12 +84,8 @@ class VBPR(BPRMF):
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
     ) -> None:
         super().setup(train, features, guard)
-        blocks = [np.asarray(features[m], dtype=np.float32) for m in self.modalities]
-        if self.params.feature_norm == "l2":
-            blocks = [
-                b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12) for b in blocks
-            ]
-        self.features = torch.from_numpy(np.concatenate(blocks, axis=1))  # (I, sum d_m)
+        blocks = [feature_tensor(features[m], self.params.feature_norm) for m in self.modalities]
+        self.features = torch.cat(blocks, dim=1)  # (I, sum d_m)
 
     def item_terms(self, items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(E f_i (N, d), beta_i + beta'.f_i (N,)) for ``items`` (all items when None)."""
