@@ -52,10 +52,9 @@ from torch import nn
 from cadmr.data.leakage import LeakageGuard
 from cadmr.models.base import CachedEmbeddingScores, TorchRecommender
 from cadmr.models.layers import (
+    checked_bipartite_adjacency,
     feature_tensor,
-    normalized_bipartite_adjacency,
     propagate_mean,
-    to_torch_sparse,
 )
 from cadmr.models.sampling import PairBatch, PairSampler
 
@@ -135,8 +134,7 @@ class BM3(CachedEmbeddingScores, TorchRecommender):
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
     ) -> None:
         super().setup(train, features, guard)
-        adj = normalized_bipartite_adjacency(self.train_matrix)
-        self.adj = to_torch_sparse(guard.check(adj, "BM3 adjacency", layout="bipartite"))
+        self.adj = checked_bipartite_adjacency(self.train_matrix, guard, "BM3")
         self.sampler = PairSampler(self.train_matrix)
         for m in self.modalities:
             self.features[m] = feature_tensor(features[m], self.params.feature_norm)  # (I, d_m)

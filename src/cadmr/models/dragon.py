@@ -68,9 +68,9 @@ from cadmr.models.base import CachedEmbeddingScores, TorchRecommender
 from cadmr.models.graphs import knn_graph, sym_normalize, topk_cooccurrence
 from cadmr.models.layers import (
     bpr_loss,
+    checked_bipartite_adjacency,
     feature_tensor,
     l2_per_example,
-    normalized_bipartite_adjacency,
     propagate_mean,
     to_torch_sparse,
 )
@@ -236,8 +236,7 @@ class DRAGON(CachedEmbeddingScores, TorchRecommender):
     ) -> None:
         super().setup(train, features, guard)
         self.sampler = TripletSampler(self.train_matrix)
-        adj = normalized_bipartite_adjacency(self.train_matrix)
-        self.adj = to_torch_sparse(guard.check(adj, "DRAGON adjacency", layout="bipartite"))
+        self.adj = checked_bipartite_adjacency(self.train_matrix, guard, "DRAGON")
         # derived from the training matrix checked in Recommender.setup
         self.user_adj = to_torch_sparse(user_graph(self.train_matrix, self.params.user_k))
         raw = [features[m] for m in self.modalities]  # (I, d_m) each, checked by the Dataset

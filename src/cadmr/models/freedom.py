@@ -58,6 +58,7 @@ from cadmr.models.bpr import BPRMF
 from cadmr.models.graphs import knn_graph, sym_normalize
 from cadmr.models.layers import (
     bpr_loss,
+    checked_bipartite_adjacency,
     feature_tensor,
     normalized_bipartite_adjacency,
     propagate_mean,
@@ -151,8 +152,7 @@ class FREEDOM(CachedEmbeddingScores, BPRMF):
     ) -> None:
         super().setup(train, features, guard)
         p = self.params
-        adj = normalized_bipartite_adjacency(self.train_matrix)
-        self.adj = to_torch_sparse(guard.check(adj, "FREEDOM adjacency", layout="bipartite"))
+        self.adj = checked_bipartite_adjacency(self.train_matrix, guard, "FREEDOM")
         self.train_adj = self.adj  # the pruned graph of the current epoch
         coo = self.train_matrix.tocoo()
         self.edge_users = coo.row.astype(np.int64)  # (E,)

@@ -61,11 +61,10 @@ from cadmr.models.bpr import BPRMF
 from cadmr.models.graphs import knn_graph, knn_neighbours, sym_normalize, sym_normalize_values
 from cadmr.models.layers import (
     bpr_loss,
+    checked_bipartite_adjacency,
     feature_tensor,
     l2_per_example,
-    normalized_bipartite_adjacency,
     propagate_mean,
-    to_torch_sparse,
 )
 from cadmr.models.sampling import TripletBatch
 
@@ -149,8 +148,7 @@ class LATTICE(CachedEmbeddingScores, BPRMF):
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
     ) -> None:
         super().setup(train, features, guard)
-        adj = normalized_bipartite_adjacency(self.train_matrix)
-        self.adj = to_torch_sparse(guard.check(adj, "LATTICE adjacency", layout="bipartite"))
+        self.adj = checked_bipartite_adjacency(self.train_matrix, guard, "LATTICE")
         self.features, self._init_graphs = {}, []
         for m in self.modalities:
             self.features[m] = feature_tensor(features[m], self.params.feature_norm)  # (I, d_m)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cadmr.data.leakage import LeakageGuard
 from cadmr.models.graphs import sym_normalize
 
 
@@ -32,6 +33,16 @@ def normalized_bipartite_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
     users first, no self loops (LightGCN, eq. 7). Isolated nodes get zero rows."""
     r = sp.csr_matrix(train, dtype=np.float32)
     return sym_normalize(sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32))
+
+
+def checked_bipartite_adjacency(
+    train: sp.csr_matrix, guard: LeakageGuard, owner: str
+) -> torch.Tensor:
+    """``normalized_bipartite_adjacency(train)`` passed through the leakage guard (named
+    "<owner> adjacency" in its error), as a torch sparse tensor: the graph every LightGCN-style
+    model propagates over."""
+    adj = normalized_bipartite_adjacency(train)
+    return to_torch_sparse(guard.check(adj, f"{owner} adjacency", layout="bipartite"))
 
 
 def to_torch_sparse(m: sp.spmatrix) -> torch.Tensor:

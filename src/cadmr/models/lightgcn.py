@@ -21,10 +21,9 @@ from cadmr.models.base import CachedEmbeddingScores
 from cadmr.models.bpr import BPRMF
 from cadmr.models.layers import (
     bpr_loss,
+    checked_bipartite_adjacency,
     l2_per_example,
-    normalized_bipartite_adjacency,
     propagate_mean,
-    to_torch_sparse,
 )
 from cadmr.models.sampling import TripletBatch
 
@@ -69,8 +68,7 @@ class LightGCN(CachedEmbeddingScores, BPRMF):
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
     ) -> None:
         super().setup(train, features, guard)
-        adj = normalized_bipartite_adjacency(self.train_matrix)
-        self.adj = to_torch_sparse(guard.check(adj, "LightGCN adjacency", layout="bipartite"))
+        self.adj = checked_bipartite_adjacency(self.train_matrix, guard, "LightGCN")
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         ego = torch.cat([self.user_emb, self.item_emb])  # (U + I, d)
