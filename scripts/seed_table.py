@@ -16,9 +16,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
+from cadmr.experiments import summarize, to_markdown
 
-METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 ORDER = (
     "cadmr", "cadmr-no-tc", "cadmr-no-ca", "cadmr-frozen", "kernel_ae", "ease", "lightgcn",
     "bpr", "vbpr", "lattice", "freedom", "freedom+mg", "dragon", "dragon+mg", "bm3", "slmrec",
@@ -35,46 +34,15 @@ def collect(runs_dir: Path) -> dict[str, list[dict]]:
     return by_variant
 
 
-def fmt(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
-
-
-def _ratio(tests: list[dict]) -> float:
-    """Recall@10 / NDCG@10 of the means (PROTOCOL.md's leakage fingerprint)."""
-    return float(np.mean([t["recall@10"] for t in tests]) / np.mean([t["ndcg@10"] for t in tests]))
-
-
 def table(runs_dir: Path) -> str:
     by_variant = collect(runs_dir)
     if not by_variant:
         raise SystemExit(f"no finished runs under {runs_dir}")
     names = [v for v in ORDER if v in by_variant] + sorted(set(by_variant) - set(ORDER))
-    lines = [
-        f"{runs_dir.name}: test split, mean ± std over seeds (sample std)",
-        "",
-        "| model | seeds | "
-        + " | ".join(m.replace("recall", "R").replace("ndcg", "N") for m in METRICS)
-        + " | R@10/N@10 | s/epoch |",
-        "|---|---|" + "---|" * (len(METRICS) + 2),
-    ]
-    for name in names:
-        runs = by_variant[name]
-        seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
-        cells = [fmt([r["test"][m] for r in runs]) for m in METRICS]
-        speed = np.mean([r["seconds_per_epoch"] for r in runs])
-        ratio = _ratio([r["test"] for r in runs])
-        lines.append(
-            f"| {name} | {seeds} | " + " | ".join(cells) + f" | {ratio:.2f} | {speed:.2f} |"
-        )
-    pop = next(iter(by_variant.values()))[0]["popularity"]
-    lines.append(
-        "| popularity | - | "
-        + " | ".join(f"{pop[m]:.4f}" for m in METRICS)
-        + f" | {_ratio([pop]):.2f} | - |"
+    rows = summarize({name: by_variant[name] for name in names})
+    return f"{runs_dir.name}: test split, mean ± std over seeds (sample std)\n\n" + to_markdown(
+        rows
     )
-    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:

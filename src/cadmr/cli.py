@@ -7,6 +7,7 @@ cadmr evaluate CHECKPOINT [--split test]
 cadmr recommend CHECKPOINT --user U [-k 10]
 cadmr explain CHECKPOINT --item I | --user U   what CADMR attended to
 cadmr data describe DATASET
+cadmr experiment compare -d DATASET [-m MODEL ...] [--seeds 3]   Table 2, cached runs
 cadmr data prepare REVIEWS --out DIR [--meta FILE] [--images DIR --image-model PTH] [-k 5]
 cadmr data download NAME [--dest DIR] [--base-url URL | --url URL] [--sha256 HEX]
 cadmr models
@@ -141,6 +142,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="download again if present")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_data_dir(d)
+
+    p = sub.add_parser("experiment", help="the paper's multi-run experiments (cached runs)")
+    esub = p.add_subparsers(dest="experiment", required=True)
+    e = esub.add_parser("compare", help="Table 2: every model over seeds, tuned on validation")
+    e.add_argument("-d", "--dataset", required=True, help="dataset folder, name or synthetic-*")
+    e.add_argument("-m", "--models", nargs="+", help="model names; NAME+mg adds Mirror Gradient")
+    e.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
+    e.add_argument(
+        "--no-tune", action="store_true", help="default parameters instead of each model's grid"
+    )
+    e.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override for every run, e.g. --set train.patience=10",
+    )
+    e.add_argument("--out", help="tables folder (default runs/experiments/<dataset>/compare)")
+    e.add_argument("--cache", default="runs/experiments/cache", help="run cache folder")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_data_dir(e)
 
     p = sub.add_parser(
         "demo", help="CADMR next to EASE and the autoencoder alone on embedded synthetic data"
@@ -371,6 +394,45 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 DATA_COMMANDS = {"prepare": cmd_data_prepare, "download": cmd_data_download}
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from cadmr.data.sources import resolve_dataset
+    from cadmr.experiments import compare, summarize, to_csv, to_markdown
+    from cadmr.experiments.compare import TABLE2
+    from cadmr.train.checkpoint import atomic_write_text
+
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    dataset = resolve_dataset(args.dataset, args.data_dir)
+    runs = compare(
+        dataset,
+        args.dataset,
+        models=args.models or TABLE2,
+        seeds=range(args.seeds),
+        tune=not args.no_tune,
+        sets=args.sets,
+        root=args.cache,
+        progress=not args.quiet,
+    )
+    rows = summarize(runs)
+    how = "defaults" if args.no_tune else "each model's grid searched on validation"
+    title = (
+        f"{dataset.name}: test split, mean ± sample std over seeds "
+        f"{', '.join(map(str, range(args.seeds)))}; {how}\n\n"
+    )
+    out = Path(args.out or f"runs/experiments/{dataset.name}/compare")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "compare.md", title + to_markdown(rows))
+    atomic_write_text(out / "compare.csv", to_csv(rows))
+    detail = {
+        label: [{k: r[k] for k in ("seed", "params", "valid", "test", "best_epoch")} for r in rs]
+        for label, rs in runs.items()
+    }
+    atomic_write_text(out / "compare.json", json.dumps({"rows": rows, "runs": detail}, indent=2))
+    print(title + to_markdown(rows), end="")
+    print(f"tables: {out}/compare.{{md,csv,json}}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cadmr.data.sources import resolve_dataset
     from cadmr.train import resolve_run_config, results_markdown, run
@@ -433,6 +495,7 @@ COMMANDS = {
     "recommend": cmd_recommend,
     "explain": cmd_explain,
     "data": cmd_data,
+    "experiment": cmd_experiment,
     "demo": cmd_demo,
     "models": cmd_models,
 }

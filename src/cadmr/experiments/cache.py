@@ -1,0 +1,44 @@
+"""Runs cached by what determines them: the resolved configuration and the data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cadmr.config import RunConfig
+from cadmr.data.dataset import Dataset
+from cadmr.train import run
+
+
+def run_key(config: RunConfig, dataset: Dataset) -> str:
+    """16 hex digits identifying a run: the fully resolved configuration and the dataset's
+    content fingerprint. Left out: the dataset's name or path as typed, and whether progress
+    bars were shown; neither changes a result."""
+    cfg = {k: v for k, v in config.to_dict().items() if k != "dataset"}
+    cfg["train"] = {k: v for k, v in cfg["train"].items() if k != "progress"}
+    text = yaml.safe_dump(cfg, sort_keys=True) + dataset.fingerprint()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_dir(config: RunConfig, dataset: Dataset, root: str | Path) -> Path:
+    """Where the run of ``config`` on ``dataset`` lives under ``root``."""
+    return (
+        Path(root) / dataset.name / f"{config.model}-seed{config.seed}-{run_key(config, dataset)}"
+    )
+
+
+def cached_run(
+    config: RunConfig, dataset: Dataset, root: str | Path, echo: bool = False
+) -> dict[str, Any]:
+    """The results of ``config`` on ``dataset``: read back when a finished run with the same
+    key exists under ``root``, resumed when an interrupted one does (its finished epochs and
+    grid points are kept), trained otherwise."""
+    out = run_dir(config, dataset, root)
+    done = out / "results.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    return run(config, dataset, out, resume=out.exists(), echo=echo)

@@ -1,0 +1,121 @@
+"""Cached experiment runs and the Table 2 summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+import cadmr.experiments.cache as cache_mod
+from cadmr.cli import main
+from cadmr.data.synthetic import make_synthetic
+from cadmr.experiments import compare, run_key, summarize, to_csv, to_markdown
+from cadmr.train import resolve_run_config
+
+SETS = ("train.epochs=2",)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_synthetic("tiny", seed=0)
+
+
+@pytest.fixture
+def counted_runs(monkeypatch):
+    """Counts the trainer runs the cache lets through."""
+    calls = []
+    real = cache_mod.run
+
+    def spy(config, *args, **kwargs):
+        calls.append((config.model, config.seed))
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "run", spy)
+    return calls
+
+
+def test_finished_runs_are_reused_and_new_ones_added(tiny, tmp_path, counted_runs):
+    def experiment(models):
+        return compare(tiny, "synthetic-tiny", models, [0, 1], False, SETS, tmp_path, False)
+
+    first = experiment(["ease", "bpr"])
+    assert sorted(counted_runs) == [("bpr", 0), ("bpr", 1), ("ease", 0), ("ease", 1)]
+    counted_runs.clear()
+    again = experiment(["ease", "bpr"])
+    assert counted_runs == [] and again == first
+    # an extended experiment computes only what is new
+    experiment(["ease", "bpr", "lightgcn"])
+    assert sorted(counted_runs) == [("lightgcn", 0), ("lightgcn", 1)]
+
+
+def test_mirror_gradient_label_reuses_the_base_selection(tiny, tmp_path, counted_runs):
+    runs = compare(tiny, "synthetic-tiny", ["bpr+mg"], [0], True, SETS, tmp_path, False)
+    base = compare(tiny, "synthetic-tiny", ["bpr"], [0], True, SETS, tmp_path, False)
+    assert counted_runs == [("bpr", 0), ("bpr", 0)]  # the base grid once, then the MG run
+    mg = runs["bpr+mg"][0]
+    assert mg["config"]["train"]["mirror_gradient"] is True and "search" not in mg
+    assert mg["params"] == base["bpr"][0]["params"]
+
+
+def test_run_key_follows_what_changes_results(tiny):
+    cfg = resolve_run_config("bpr", "synthetic-tiny")
+    same = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
+    other = dataclasses.replace(cfg, params=dataclasses.replace(cfg.params, reg_weight=0.5))
+    assert run_key(cfg, tiny) == run_key(same, tiny)
+    assert run_key(cfg, tiny) != run_key(other, tiny)
+    assert run_key(cfg, tiny) != run_key(dataclasses.replace(cfg, seed=1), tiny)
+    assert run_key(cfg, tiny) != run_key(cfg, make_synthetic("tiny", seed=1))
+
+
+def _result(seed, r10, n10, pop=None):
+    test = {"recall@10": r10, "recall@20": r10, "ndcg@10": n10, "ndcg@20": n10}
+    out = {"seed": seed, "test": test, "seconds_per_epoch": 1.0}
+    if pop is not None:
+        out["popularity"] = {k: pop for k in test}
+    return out
+
+
+def test_summary_known_answer():
+    rows = summarize({"a": [_result(0, 0.2, 0.1, pop=0.05), _result(1, 0.4, 0.3)]})
+    a, pop = rows
+    assert a["model"] == "a" and a["seeds"] == [0, 1]
+    assert a["recall@10"] == pytest.approx(0.3)
+    assert a["recall@10_std"] == pytest.approx(0.1414213, rel=1e-5)  # sample std
+    assert a["ratio"] == pytest.approx(0.3 / 0.2)
+    assert pop["model"] == "popularity" and pop["ratio"] == pytest.approx(1.0)
+    md = to_markdown(rows)
+    assert "| a | 0,1 | 0.3000 ± 0.1414 |" in md and "| popularity | - | 0.0500 |" in md
+    lines = to_csv(rows).splitlines()
+    assert lines[0].startswith("model,seeds,recall@10,recall@10_std")
+    assert lines[1].startswith("a,0 1,0.300000,0.141421")
+
+
+def test_cli_compare_writes_the_three_tables(tmp_path, capsys):
+    out, cache = tmp_path / "tables", tmp_path / "cache"
+    args = ["experiment", "compare", "-d", "synthetic-tiny", "-m", "ease", "bpr", "--seeds", "2"]
+    args += ["--no-tune", "--set", "train.epochs=2", "--out", str(out), "--cache", str(cache)]
+    assert main([*args, "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "mean ± sample std over seeds 0, 1; defaults" in printed
+    assert (out / "compare.md").read_text().count("\n| ") == 4  # ease, bpr, popularity + head
+    data = json.loads((out / "compare.json").read_text())
+    assert [r["model"] for r in data["rows"]] == ["ease", "bpr", "popularity"]
+    assert [r["seed"] for r in data["runs"]["bpr"]] == [0, 1]
+    assert (out / "compare.csv").read_text().count("\n") == 4
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tiny, tmp_path, crash_while_saving):
+    from cadmr.experiments import cached_run
+
+    cfg = resolve_run_config("bpr", "synthetic-tiny", sets=["train.epochs=4"])
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
+    disarm = crash_while_saving(phase=0, epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        cached_run(cfg, tiny, tmp_path / "a")
+    disarm()
+    resumed = cached_run(cfg, tiny, tmp_path / "a")
+    fresh = cached_run(cfg, tiny, tmp_path / "b")
+    assert resumed["valid"] == fresh["valid"] and resumed["test"] == fresh["test"]
+    log = next((tmp_path / "a").rglob("train.log")).read_text()
+    assert "resumed from" in log
