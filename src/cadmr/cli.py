@@ -8,6 +8,7 @@ cadmr recommend CHECKPOINT --user U [-k 10]
 cadmr explain CHECKPOINT --item I | --user U   what CADMR attended to
 cadmr data describe DATASET
 cadmr experiment compare -d DATASET [-m MODEL ...] [--seeds 3]   Table 2, cached runs
+cadmr experiment ablation | heads -d DATASET [--seeds 3]         Table 3, Fig. 3 (PNG)
 cadmr data prepare REVIEWS --out DIR [--meta FILE] [--images DIR --image-model PTH] [-k 5]
 cadmr data download NAME [--dest DIR] [--base-url URL | --url URL] [--sha256 HEX]
 cadmr models
@@ -60,6 +61,26 @@ def _add_run_args(
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     _add_data_dir(p)
+
+
+def _add_experiment_args(e: argparse.ArgumentParser, name: str) -> None:
+    e.add_argument("-d", "--dataset", required=True, help="dataset folder, name or synthetic-*")
+    e.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
+    e.add_argument(
+        "--no-tune", action="store_true", help="default parameters instead of each model's grid"
+    )
+    e.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override for every run, e.g. --set train.patience=10",
+    )
+    e.add_argument("--out", help=f"output folder (default runs/experiments/<dataset>/{name})")
+    e.add_argument("--cache", default="runs/experiments/cache", help="run cache folder")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_data_dir(e)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,24 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("experiment", help="the paper's multi-run experiments (cached runs)")
     esub = p.add_subparsers(dest="experiment", required=True)
     e = esub.add_parser("compare", help="Table 2: every model over seeds, tuned on validation")
-    e.add_argument("-d", "--dataset", required=True, help="dataset folder, name or synthetic-*")
-    e.add_argument("-m", "--models", nargs="+", help="model names; NAME+mg adds Mirror Gradient")
-    e.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
+    _add_experiment_args(e, "compare")
     e.add_argument(
-        "--no-tune", action="store_true", help="default parameters instead of each model's grid"
+        "-m", "--models", nargs="+", help="labels MODEL[+mg][:param=value,...] (default Table 2)"
     )
-    e.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override for every run, e.g. --set train.patience=10",
-    )
-    e.add_argument("--out", help="tables folder (default runs/experiments/<dataset>/compare)")
-    e.add_argument("--cache", default="runs/experiments/cache", help="run cache folder")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_data_dir(e)
+    e = esub.add_parser("ablation", help="Table 3: CADMR, without TC (DRL), without CA")
+    _add_experiment_args(e, "ablation")
+    e = esub.add_parser("heads", help="Fig. 3: NDCG@10 of CADMR for 1, 2, 4, 8 heads (PNG)")
+    _add_experiment_args(e, "heads")
+    e.add_argument("--heads", nargs="+", type=int, default=[1, 2, 4, 8])
 
     p = sub.add_parser(
         "demo", help="CADMR next to EASE and the autoencoder alone on embedded synthetic data"
@@ -394,6 +406,14 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 DATA_COMMANDS = {"prepare": cmd_data_prepare, "download": cmd_data_download}
 
 
+# Table 3's rows: the shown name -> the compare label
+ABLATION = {
+    "CADMR": "cadmr",
+    "w/o DRL (TC)": "cadmr:tc_weight=0",
+    "w/o CA": "cadmr:use_attention=false",
+}
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     from cadmr.data.sources import resolve_dataset
     from cadmr.experiments import compare, summarize, to_csv, to_markdown
@@ -402,34 +422,60 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.experiment == "compare":
+        names = {label: label for label in args.models or TABLE2}
+    elif args.experiment == "ablation":
+        names = ABLATION
+    else:  # heads
+        names = {f"{h} heads": f"cadmr:heads={h}" for h in args.heads}
     dataset = resolve_dataset(args.dataset, args.data_dir)
+    seeds = range(args.seeds)
     runs = compare(
         dataset,
         args.dataset,
-        models=args.models or TABLE2,
-        seeds=range(args.seeds),
+        models=list(names.values()),
+        seeds=seeds,
         tune=not args.no_tune,
         sets=args.sets,
         root=args.cache,
         progress=not args.quiet,
     )
+    runs = {shown: runs[label] for shown, label in names.items()}
     rows = summarize(runs)
     how = "defaults" if args.no_tune else "each model's grid searched on validation"
     title = (
-        f"{dataset.name}: test split, mean ± sample std over seeds "
-        f"{', '.join(map(str, range(args.seeds)))}; {how}\n\n"
+        f"{dataset.name} ({args.experiment}): test split, mean ± sample std over seeds "
+        f"{', '.join(map(str, seeds))}; {how}\n\n"
     )
-    out = Path(args.out or f"runs/experiments/{dataset.name}/compare")
+    out = Path(args.out or f"runs/experiments/{dataset.name}/{args.experiment}")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "compare.md", title + to_markdown(rows))
-    atomic_write_text(out / "compare.csv", to_csv(rows))
+    stem = out / args.experiment
+    atomic_write_text(stem.with_suffix(".md"), title + to_markdown(rows))
+    atomic_write_text(stem.with_suffix(".csv"), to_csv(rows))
     detail = {
-        label: [{k: r[k] for k in ("seed", "params", "valid", "test", "best_epoch")} for r in rs]
-        for label, rs in runs.items()
+        shown: [{k: r[k] for k in ("seed", "params", "valid", "test", "best_epoch")} for r in rs]
+        for shown, rs in runs.items()
     }
-    atomic_write_text(out / "compare.json", json.dumps({"rows": rows, "runs": detail}, indent=2))
+    atomic_write_text(
+        stem.with_suffix(".json"), json.dumps({"rows": rows, "runs": detail}, indent=2)
+    )
     print(title + to_markdown(rows), end="")
-    print(f"tables: {out}/compare.{{md,csv,json}}")
+    if args.experiment == "heads":
+        from cadmr.experiments.plots import line_plot
+
+        by_model = {r["model"]: r for r in rows}
+        means = [by_model[f"{h} heads"]["ndcg@10"] for h in args.heads]
+        stds = [by_model[f"{h} heads"]["ndcg@10_std"] for h in args.heads]
+        png = line_plot(
+            args.heads,
+            {"CADMR": (means, stds)},
+            "attention heads",
+            "test NDCG@10",
+            f"{dataset.name}: CADMR by number of heads",
+            stem.with_suffix(".png"),
+        )
+        print(f"plot: {png}")
+    print(f"tables: {stem}.{{md,csv,json}}")
     return 0
 
 

@@ -119,3 +119,52 @@ def test_an_interrupted_run_resumes_where_it_stopped(tiny, tmp_path, crash_while
     assert resumed["valid"] == fresh["valid"] and resumed["test"] == fresh["test"]
     log = next((tmp_path / "a").rglob("train.log")).read_text()
     assert "resumed from" in log
+
+
+@pytest.mark.parametrize(
+    ("label", "expected"),
+    [
+        ("bpr", ("bpr", [], False)),
+        ("dragon+mg", ("dragon", [], True)),
+        ("cadmr:heads=2", ("cadmr", ["params.heads=2"], False)),
+        ("cadmr+mg:tc_weight=0, heads=8", ("cadmr", ["params.tc_weight=0", "params.heads=8"], 1)),
+    ],
+)
+def test_labels(label, expected):
+    from cadmr.experiments.compare import parse_label
+
+    assert parse_label(label) == expected
+
+
+def test_a_bad_label_is_a_clear_error():
+    from cadmr.experiments.compare import parse_label
+
+    with pytest.raises(ValueError, match="MODEL\\[\\+mg\\]"):
+        parse_label("cadmr:heads")
+
+
+def test_label_overrides_reach_the_model(tiny, tmp_path):
+    label = "bpr:reg_weight=0.5"
+    runs = compare(tiny, "synthetic-tiny", [label], [0], False, SETS, tmp_path, False)
+    assert runs[label][0]["params"]["reg_weight"] == 0.5
+
+
+@pytest.mark.parametrize("experiment", ["ablation", "heads"])
+def test_cli_ablation_and_heads(experiment, tmp_path, capsys):
+    out = tmp_path / experiment
+    args = ["experiment", experiment, "-d", "synthetic-tiny", "--seeds", "1", "--quiet"]
+    args += ["--set", "train.epochs=2", "--out", str(out), "--cache", str(tmp_path / "cache")]
+    if experiment == "heads":
+        args += ["--heads", "1", "2"]
+    assert main(args) == 0
+    data = json.loads((out / f"{experiment}.json").read_text())
+    shown = [r["model"] for r in data["rows"]]
+    if experiment == "ablation":
+        assert shown == ["CADMR", "w/o DRL (TC)", "w/o CA", "popularity"]
+        assert data["runs"]["w/o DRL (TC)"][0]["params"]["tc_weight"] == 0
+        assert data["runs"]["w/o CA"][0]["params"]["use_attention"] is False
+    else:
+        assert shown == ["1 heads", "2 heads", "popularity"]
+        png = (out / "heads.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
+    assert "tables:" in capsys.readouterr().out

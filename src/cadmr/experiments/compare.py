@@ -33,6 +33,21 @@ TABLE2 = (
 MG = "+mg"
 
 
+def parse_label(label: str) -> tuple[str, list[str], bool]:
+    """``MODEL[+mg][:param=value,...]`` -> (model, ``--set`` overrides, Mirror Gradient?).
+
+    E.g. ``cadmr:tc_weight=0`` (CADMR without its TC term), ``cadmr:heads=2``,
+    ``dragon+mg``. Values are parsed as YAML, as ``--set`` does.
+    """
+    head, _, overrides = label.partition(":")
+    model = head.removesuffix(MG)
+    sets = [f"params.{kv.strip()}" for kv in overrides.split(",") if kv.strip()]
+    bad = [kv for kv in sets if "=" not in kv]
+    if bad:
+        raise ValueError(f"label {label!r}: expected MODEL[+mg][:param=value,...]")
+    return model, sets, head.endswith(MG)
+
+
 def compare(
     dataset: Dataset,
     spec: str,
@@ -48,8 +63,9 @@ def compare(
     Args:
         dataset: The loaded dataset.
         spec: How the dataset was named (packaged dataset YAML is looked up by it).
-        models: Registered model names; ``NAME+mg`` retrains NAME's selected configuration of
-            the same seed with Mirror Gradient.
+        models: Labels ``MODEL[+mg][:param=value,...]`` (``parse_label``): a registered
+            model, optionally with parameter overrides; ``+mg`` retrains the selected
+            configuration of the same label without it, same seed, with Mirror Gradient.
         seeds: Seeds; each seed selects its own configuration on validation.
         tune: Search each model's published grid (``cadmr tune``); otherwise its defaults.
         sets: ``--set`` overrides applied to every run (e.g. ``train.patience=10``).
@@ -65,17 +81,19 @@ def compare(
     bar = tqdm(todo, desc=f"compare on {dataset.name}", unit="run", disable=not progress)
     for label, seed in bar:
         bar.set_postfix_str(f"{label} seed {seed}")
-        base = label.removesuffix(MG)
-        if label.endswith(MG):
-            if (base, seed) not in selected:  # the base model's selection comes first
-                selected[base, seed] = _run(dataset, spec, base, seed, tune, sets, root)
-            params = selected[base, seed]["params"]
+        model, overrides, mg = parse_label(label)
+        run_sets = [*sets, *overrides]
+        if mg:  # the base configuration's selection (same overrides, same seed) comes first
+            key = (label.replace(MG, "", 1), seed)
+            if key not in selected:
+                selected[key] = _run(dataset, spec, model, seed, tune, run_sets, root)
+            params = selected[key]["params"]
             extra = {"params": params, "search": {}, "train": {"mirror_gradient": True}}
-            config = resolve_run_config(base, spec, sets=sets, seed=seed, extra=extra)
+            config = resolve_run_config(model, spec, sets=run_sets, seed=seed, extra=extra)
             out = cached_run(_quiet(config), dataset, root)
         else:
-            out = _run(dataset, spec, base, seed, tune, sets, root)
-            selected[base, seed] = out
+            out = _run(dataset, spec, model, seed, tune, run_sets, root)
+            selected[label, seed] = out
         results[label].append(out)
     return results
 

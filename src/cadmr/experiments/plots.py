@@ -1,0 +1,44 @@
+"""Figures of the experiments (matplotlib, written to PNG without a display)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt
+
+
+def line_plot(
+    xs: Sequence[float],
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    path: str | Path,
+) -> Path:
+    """One line per series with mean +- std error bars, saved as a PNG at ``path``.
+
+    Args:
+        xs: Shared x positions (e.g. heads 1, 2, 4, 8), shown as categorical ticks.
+        series: label -> (means, stds), each aligned with ``xs``.
+    """
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    positions = list(range(len(xs)))
+    for label, (means, stds) in series.items():
+        ax.errorbar(positions, means, yerr=stds, marker="o", capsize=3, label=label)
+    ax.set_xticks(positions, [str(x) for x in xs])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
