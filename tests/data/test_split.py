@@ -114,3 +114,33 @@ def test_empty_input() -> None:
     labels = split_per_user(np.empty(0, np.int64), np.empty(0, np.int64), np.random.default_rng(0))
     assert labels.shape == (0,)
     assert labels.dtype == np.int8
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.8, 1.0])
+def test_subsample_per_user_keeps_the_fraction_of_each_user(fraction):
+    import scipy.sparse as sp
+
+    from cadmr.data.split import subsample_per_user
+
+    train = sp.random(50, 40, density=0.3, random_state=1, format="csr")
+    train.data[:] = 1.0
+    out = subsample_per_user(train, fraction, np.random.default_rng(3))
+    n, k = np.diff(train.indptr), np.diff(out.indptr)
+    expected = np.maximum(np.rint(fraction * n), np.minimum(n, 1))
+    np.testing.assert_array_equal(k, expected)
+    assert (out.multiply(train) != out).nnz == 0  # a subset of the user's own items
+    again = subsample_per_user(train, fraction, np.random.default_rng(3))
+    assert (again != out).nnz == 0  # seeded
+    if fraction < 1.0:
+        other = subsample_per_user(train, fraction, np.random.default_rng(4))
+        assert (other != out).nnz > 0
+
+
+def test_subsample_rejects_bad_fractions():
+    import scipy.sparse as sp
+
+    from cadmr.data.split import subsample_per_user
+
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="fraction"):
+            subsample_per_user(sp.eye(3, format="csr"), bad, np.random.default_rng(0))

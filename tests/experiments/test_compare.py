@@ -168,3 +168,25 @@ def test_cli_ablation_and_heads(experiment, tmp_path, capsys):
         png = (out / "heads.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
     assert "tables:" in capsys.readouterr().out
+
+
+def test_reduced_dataset_keeps_valid_and_test(tiny):
+    from cadmr.experiments.coldstart import reduced
+
+    half = reduced(tiny, 0.5)
+    assert half.name == "synthetic-tiny-train50"
+    assert (half.valid != tiny.valid).nnz == 0 and (half.test != tiny.test).nnz == 0
+    assert half.train.nnz < tiny.train.nnz and half.fingerprint() != tiny.fingerprint()
+
+
+def test_cli_cold_start_table_and_plot(tmp_path):
+    out = tmp_path / "cs"
+    args = ["experiment", "cold-start", "-d", "synthetic-tiny", "-m", "ease", "bpr", "--quiet"]
+    args += ["--fractions", "0.8", "0.4", "--seeds", "1", "--no-tune", "--set", "train.epochs=2"]
+    assert main([*args, "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    data = json.loads((out / "cold-start.json").read_text())
+    assert list(data) == ["0.8", "0.4"]
+    assert [r["model"] for r in data["0.4"]] == ["ease", "bpr", "popularity"]
+    # less training data: EASE's test NDCG@10 falls
+    assert data["0.4"][0]["ndcg@10"] < data["0.8"][0]["ndcg@10"]
+    assert (out / "cold-start.png").read_bytes()[:4] == b"\x89PNG"

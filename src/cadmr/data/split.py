@@ -14,6 +14,7 @@ with per-user thresholds.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 TRAIN, VALID, TEST = 0, 1, 2
 """The ``x_label`` codes of the MMRec ``.inter`` format."""
@@ -101,3 +102,30 @@ def split_per_user(users: np.ndarray, items: np.ndarray, rng: np.random.Generato
     ).astype(np.int8)
     labels[order] = sorted_labels
     return labels
+
+
+def subsample_per_user(
+    train: sp.spmatrix, fraction: float, rng: np.random.Generator
+) -> sp.csr_matrix:
+    """Keep a random ``fraction`` of each user's training interactions (at least one per user
+    who has any; ``round(fraction x n_u)`` otherwise): the cold-start experiment's reduced
+    training data. Validation and test are left to the caller, unchanged.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1].
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    m = sp.csr_matrix(train, dtype=np.float32)
+    counts = np.diff(m.indptr)
+    keep = np.maximum(np.rint(fraction * counts), np.minimum(counts, 1)).astype(np.int64)
+    rows = np.repeat(np.arange(m.shape[0]), counts)
+    order = np.lexsort((rng.random(len(rows)), rows))  # random order within each row
+    rank = np.empty(len(rows), dtype=np.int64)
+    rank[order] = np.arange(len(rows)) - m.indptr[rows[order]]
+    kept = rank < keep[rows]
+    out = sp.csr_matrix(
+        (m.data[kept], (rows[kept], m.indices[kept])), shape=m.shape, dtype=np.float32
+    )
+    out.sort_indices()
+    return out

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 
 
 def line_plot(
-    xs: Sequence[float],
+    xs: Sequence[float | str],
     series: dict[str, tuple[Sequence[float], Sequence[float]]],
     xlabel: str,
     ylabel: str,
