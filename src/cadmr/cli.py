@@ -429,157 +429,64 @@ ABLATION = {
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from cadmr.data.sources import resolve_dataset
-    from cadmr.experiments import compare, summarize, to_csv, to_markdown
-    from cadmr.experiments.compare import TABLE2
-    from cadmr.train.checkpoint import atomic_write_text
 
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.experiment == "cold-start":
-        return _cold_start(args)
+    dataset = resolve_dataset(args.dataset, args.data_dir)
+    out = Path(args.out or f"runs/experiments/{dataset.name}/{args.experiment}")
+    seeds = range(args.seeds)
+    common = {
+        "seeds": seeds,
+        "tune": not args.no_tune,
+        "sets": args.sets,
+        "root": args.cache,
+        "progress": not args.quiet,
+    }
+    how = "defaults" if args.no_tune else "each model's grid searched on validation"
+    title = (
+        f"{dataset.name} ({args.experiment}): test split, mean ± sample std over seeds "
+        f"{', '.join(map(str, seeds))}; {how}"
+    )
     if args.experiment == "leakage-audit":
-        return _leakage_audit(args)
+        from cadmr.experiments.leakage import leakage_audit, write_audit
+
+        rows = leakage_audit(dataset, args.dataset, models=args.models, **common)
+        text = write_audit(out, dataset.name, rows)
+        print(text, end="")
+        print(f"tables: {out}/leakage-audit.{{md,json}}")
+        return 0
+    if args.experiment == "cold-start":
+        from cadmr.experiments.coldstart import MODELS, cold_start
+        from cadmr.experiments.report import write_cold_start
+
+        models = args.models or list(MODELS)
+        by_fraction = cold_start(
+            dataset, args.dataset, models=models, fractions=args.fractions, **common
+        )
+        text, png = write_cold_start(out, title, by_fraction, models)
+        print(text, end="")
+        print(f"plot: {png}\ntables: {out}/cold-start.{{md,csv,json}}")
+        return 0
+
+    from cadmr.experiments import compare
+    from cadmr.experiments.compare import TABLE2
+    from cadmr.experiments.report import heads_figure, write_summary
+
     if args.experiment == "compare":
         names = {label: label for label in args.models or TABLE2}
     elif args.experiment == "ablation":
         names = ABLATION
     else:  # heads
         names = {f"{h} heads": f"cadmr:heads={h}" for h in args.heads}
-    dataset = resolve_dataset(args.dataset, args.data_dir)
-    seeds = range(args.seeds)
-    runs = compare(
-        dataset,
-        args.dataset,
-        models=list(names.values()),
-        seeds=seeds,
-        tune=not args.no_tune,
-        sets=args.sets,
-        root=args.cache,
-        progress=not args.quiet,
-    )
+    runs = compare(dataset, args.dataset, models=list(names.values()), **common)
     runs = {shown: runs[label] for shown, label in names.items()}
-    rows = summarize(runs)
-    how = "defaults" if args.no_tune else "each model's grid searched on validation"
-    title = (
-        f"{dataset.name} ({args.experiment}): test split, mean ± sample std over seeds "
-        f"{', '.join(map(str, seeds))}; {how}\n\n"
-    )
-    out = Path(args.out or f"runs/experiments/{dataset.name}/{args.experiment}")
-    out.mkdir(parents=True, exist_ok=True)
     stem = out / args.experiment
-    atomic_write_text(stem.with_suffix(".md"), title + to_markdown(rows))
-    atomic_write_text(stem.with_suffix(".csv"), to_csv(rows))
-    detail = {
-        shown: [{k: r[k] for k in ("seed", "params", "valid", "test", "best_epoch")} for r in rs]
-        for shown, rs in runs.items()
-    }
-    atomic_write_text(
-        stem.with_suffix(".json"), json.dumps({"rows": rows, "runs": detail}, indent=2)
-    )
-    print(title + to_markdown(rows), end="")
+    text, rows = write_summary(stem, title, runs)
+    print(text, end="")
     if args.experiment == "heads":
-        from cadmr.experiments.plots import line_plot
-
-        by_model = {r["model"]: r for r in rows}
-        means = [by_model[f"{h} heads"]["ndcg@10"] for h in args.heads]
-        stds = [by_model[f"{h} heads"]["ndcg@10_std"] for h in args.heads]
-        png = line_plot(
-            args.heads,
-            {"CADMR": (means, stds)},
-            "attention heads",
-            "test NDCG@10",
-            f"{dataset.name}: CADMR by number of heads",
-            stem.with_suffix(".png"),
-        )
-        print(f"plot: {png}")
+        title = f"{dataset.name}: CADMR by number of heads"
+        print(f"plot: {heads_figure(rows, args.heads, title, stem.with_suffix('.png'))}")
     print(f"tables: {stem}.{{md,csv,json}}")
-    return 0
-
-
-def _leakage_audit(args: argparse.Namespace) -> int:
-    from cadmr.data.sources import resolve_dataset
-    from cadmr.experiments.leakage import audit_markdown, leakage_audit
-    from cadmr.train.checkpoint import atomic_write_text
-
-    dataset = resolve_dataset(args.dataset, args.data_dir)
-    rows = leakage_audit(
-        dataset,
-        args.dataset,
-        models=args.models,
-        seeds=range(args.seeds),
-        tune=not args.no_tune,
-        sets=args.sets,
-        root=args.cache,
-        progress=not args.quiet,
-    )
-    text = (
-        f"{dataset.name} leakage audit. DIAGNOSTIC: the LEAKED rows trained with the valid and "
-        "test interactions in the model's input and target (never a result). The control "
-        "ranks the honest model against test labels shuffled across users; it should fall "
-        "to popularity's level.\n\n" + audit_markdown(rows)
-    )
-    out = Path(args.out or f"runs/experiments/{dataset.name}/leakage-audit")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "leakage-audit.md", text)
-    atomic_write_text(out / "leakage-audit.json", json.dumps(rows, indent=2, default=str))
-    print(text, end="")
-    print(f"tables: {out}/leakage-audit.{{md,json}}")
-    return 0
-
-
-def _cold_start(args: argparse.Namespace) -> int:
-    from cadmr.data.sources import resolve_dataset
-    from cadmr.experiments import summarize, to_csv, to_markdown
-    from cadmr.experiments.coldstart import MODELS, cold_start
-    from cadmr.experiments.plots import line_plot
-    from cadmr.train.checkpoint import atomic_write_text
-
-    dataset = resolve_dataset(args.dataset, args.data_dir)
-    models = args.models or list(MODELS)
-    seeds = range(args.seeds)
-    by_fraction = cold_start(
-        dataset,
-        args.dataset,
-        models=models,
-        fractions=args.fractions,
-        seeds=seeds,
-        tune=not args.no_tune,
-        sets=args.sets,
-        root=args.cache,
-        progress=not args.quiet,
-    )
-    out = Path(args.out or f"runs/experiments/{dataset.name}/cold-start")
-    out.mkdir(parents=True, exist_ok=True)
-    parts, csv_parts, tables = [], [], {}
-    for f, runs in by_fraction.items():
-        rows = summarize(runs)
-        tables[f] = rows
-        parts.append(f"### {round(f * 100)}% of each user's training data\n\n" + to_markdown(rows))
-        csv_parts.append(f"# fraction {f}\n" + to_csv(rows))
-    how = "defaults" if args.no_tune else "each model's grid searched on validation"
-    text = (
-        f"{dataset.name} (cold-start): test split (unchanged), mean ± sample std over seeds "
-        f"{', '.join(map(str, seeds))}; {how}\n\n" + "\n".join(parts)
-    )
-    atomic_write_text(out / "cold-start.md", text)
-    atomic_write_text(out / "cold-start.csv", "".join(csv_parts))
-    atomic_write_text(
-        out / "cold-start.json", json.dumps({str(f): r for f, r in tables.items()}, indent=2)
-    )
-    series = {}
-    for label in models:
-        rows = [next(r for r in tables[f] if r["model"] == label) for f in args.fractions]
-        series[label] = ([r["ndcg@10"] for r in rows], [r["ndcg@10_std"] for r in rows])
-    png = line_plot(
-        [f"{round(f * 100)}%" for f in args.fractions],
-        series,
-        "share of each user's training interactions kept",
-        "test NDCG@10",
-        f"{dataset.name}: cold-start",
-        out / "cold-start.png",
-    )
-    print(text, end="")
-    print(f"plot: {png}\ntables: {out}/cold-start.{{md,csv,json}}")
     return 0
 
 

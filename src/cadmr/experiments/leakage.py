@@ -175,3 +175,17 @@ def audit_markdown(rows: Sequence[dict[str, Any]]) -> str:
             + f" | {ratio:.2f} | {rel} |"
         )  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def write_audit(out: Path, dataset_name: str, rows: Sequence[dict[str, Any]]) -> str:
+    """leakage-audit.md / .json in ``out``, labelled a diagnostic; returns the Markdown."""
+    text = (
+        f"{dataset_name} leakage audit. DIAGNOSTIC: the LEAKED rows trained with the valid and "
+        "test interactions in the model's input and target (never a result). The control "
+        "ranks the honest model against test labels shuffled across users; it should fall "
+        "to popularity's level.\n\n" + audit_markdown(rows)
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "leakage-audit.md", text)
+    atomic_write_text(out / "leakage-audit.json", json.dumps(list(rows), indent=2, default=str))
+    return text
