@@ -463,7 +463,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         by_fraction = cold_start(
             dataset, args.dataset, models=models, fractions=args.fractions, **common
         )
-        text, png = write_cold_start(out, title, by_fraction, models)
+        text, png = write_cold_start(out, dataset.name, title, by_fraction, models)
         print(text, end="")
         print(f"plot: {png}\ntables: {out}/cold-start.{{md,csv,json}}")
         return 0

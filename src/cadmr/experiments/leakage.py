@@ -28,10 +28,10 @@ from cadmr.data.leakage import LeakageGuard
 from cadmr.eval.protocol import evaluate
 from cadmr.experiments.cache import run_key
 from cadmr.experiments.compare import compare
-from cadmr.models import TorchRecommender, get_model_class
+from cadmr.models import TorchRecommender
 from cadmr.train import load_model, resolve_run_config
 from cadmr.train.checkpoint import atomic_write_text, load_checkpoint
-from cadmr.train.trainer import build_model, fit_trial
+from cadmr.train.trainer import build_model, fit_trial, fitted_popularity
 
 
 class _NoGuard(LeakageGuard):
@@ -124,9 +124,7 @@ def leakage_audit(
     """
     honest = compare(dataset, spec, models, seeds, tune, sets, root, progress)
     control = shuffled_test(dataset)
-    pop = get_model_class("pop")(None, dataset.n_users, dataset.n_items, dataset.modalities)
-    pop.setup(dataset.train, dataset.features, LeakageGuard(dataset))
-    pop.fit()
+    pop = fitted_popularity(dataset)
     rows = [
         {"model": "popularity", "condition": "honest", "seed": "-",
          "test": evaluate(pop, dataset, "test")},

@@ -43,6 +43,7 @@ def heads_figure(
 
 def write_cold_start(
     out: Path,
+    dataset_name: str,
     title: str,
     by_fraction: Mapping[float, Mapping[str, Sequence[dict[str, Any]]]],
     models: Sequence[str],
@@ -74,7 +75,7 @@ def write_cold_start(
         series,
         "share of each user's training interactions kept",
         "test NDCG@10",
-        title.split(":")[0] + ": cold-start",
+        f"{dataset_name}: cold-start",
         out / "cold-start.png",
     )
     return text, png

@@ -496,11 +496,16 @@ def run(
     return results
 
 
-def _popularity_reference(config: RunConfig, dataset: Dataset) -> dict[str, float]:
-    """Test metrics of the popularity baseline, printed beside every result (PROTOCOL.md)."""
+def fitted_popularity(dataset: Dataset) -> Recommender:
+    """The popularity baseline fitted on ``dataset``'s training split."""
     pop = get_model_class("pop")(None, dataset.n_users, dataset.n_items, dataset.modalities)
     pop.setup(dataset.train, dataset.features, LeakageGuard(dataset))
-    return evaluate(pop.fit(), dataset, "test", config.eval)
+    return pop.fit()
+
+
+def _popularity_reference(config: RunConfig, dataset: Dataset) -> dict[str, float]:
+    """Test metrics of the popularity baseline, printed beside every result (PROTOCOL.md)."""
+    return evaluate(fitted_popularity(dataset), dataset, "test", config.eval)
 
 
 def results_markdown(rows: list[dict[str, Any]], keys: tuple[str, ...] = HEADLINE) -> str:
