@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The paper's baselines and the reference models on one dataset, every hyper-parameter chosen
 # on validation with `cadmr tune`, then the test split evaluated once. Usage:
-#   [GRID=budget|full] [MODELS="lightgcn dragon ..."] scripts/baseline_table.sh DATASET [SEED]
+#   [GRID=budget|published] [MODELS="lightgcn dragon ..."] scripts/baseline_table.sh DATASET [SEED]
 #   .venv/bin/python scripts/seed_table.py runs/baselines/DATASET
-# GRID=full searches each model's published grid (MMRec's); GRID=budget (the default, what
-# the 2-core table in docs/baselines.md ran) searches the 2-3 values of each model's main
-# regulariser from that grid, other parameters at their defaults, with patience 10 and at
-# most 300 epochs. MODEL+mg trains MODEL's selected configuration (its best.yaml, so MODEL
+# GRID=published searches each model's published grid (MMRec's); GRID=budget (the default,
+# what the 2-core table in docs/baselines.md ran) searches each model's `budget_search`: 2-3
+# values of its main regulariser from that grid, other parameters at their defaults, with
+# patience 10 and at most 300 epochs. MODEL+mg trains MODEL's selected configuration (its best.yaml, so MODEL
 # runs first) with Mirror Gradient, as the MG paper applies MG to tuned models.
 # Finished runs (results.json present) are skipped; interrupted ones resume.
 set -euo pipefail
@@ -16,17 +16,6 @@ seed=${2:-0}
 grid=${GRID:-budget}
 all="pop ease bpr lightgcn vbpr lattice freedom freedom+mg dragon dragon+mg bm3 slmrec addvae"
 common=(--quiet --seed "$seed" --set train.num_threads=1)
-declare -A budget=(
-  [bpr]="--set search.reg_weight=[0.1,0.001,0.00001]"
-  [vbpr]="--set search.reg_weight=[0.1,0.001,0.00001]"
-  [lightgcn]="--set search.reg_weight=[0.01,0.0001,0.000001]"
-  [lattice]="--set search.reg_weight=[0.0,0.0001,0.001]"
-  [freedom]="--set search.reg_weight=[0.0,0.0001,0.001]"
-  [dragon]="--set search.reg_weight=[0.0001,0.001,0.01]"
-  [bm3]=""  # its grid has 8 points and it converges in tens of epochs: the full grid
-  [slmrec]="--set search.learning_rate=[0.0001,0.001]"
-  [addvae]="--set search.alignment_weight=[0.1,0.2,0.5]"
-)
 for label in ${MODELS:-$all}; do
   out=runs/baselines/$dataset/$label-seed$seed
   [[ -f $out/results.json ]] && continue
@@ -42,10 +31,8 @@ for label in ${MODELS:-$all}; do
       ;;
     *)
       cmd=(tune)
-      if [[ $grid == budget ]]; then
-        # shellcheck disable=SC2206
-        extra+=(${budget[$model]} --set train.patience=10 --set train.epochs=300)
-      fi
+      extra+=(--grid "$grid")
+      [[ $grid == budget ]] && extra+=(--set train.patience=10 --set train.epochs=300)
       ;;
   esac
   resume=()

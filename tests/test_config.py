@@ -394,3 +394,23 @@ def test_load_yaml_non_mapping_top_level(tmp_path: Path, text: str) -> None:
     bad.write_text(text)
     with pytest.raises(ConfigError, match="mapping"):
         load_yaml(bad)
+
+
+def test_resolve_grid_choices() -> None:
+    from cadmr.models import MODELS, get_model_class
+    from cadmr.train import resolve_run_config
+
+    assert resolve_run_config("bpr", "tiny").search == {}
+    published = resolve_run_config("bpr", "tiny", grid="published").search
+    assert published["reg_weight"] == (2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
+    assert resolve_run_config("bpr", "tiny", grid="budget").search == {
+        "reg_weight": (1e-1, 1e-3, 1e-5)
+    }
+    bm3 = get_model_class("bm3")  # no budget grid: the published one
+    assert resolve_run_config("bm3", "tiny", grid="budget").search == dict(bm3.default_search)
+    with pytest.raises(ValueError, match="grid must be one of none, published, budget"):
+        resolve_run_config("bpr", "tiny", grid="full")
+    # every budget grid draws its values from the published grid
+    for name, cls in MODELS.items():
+        for k, values in (cls.budget_search or {}).items():
+            assert set(values) <= set(cls.default_search[k]), (name, k)

@@ -68,7 +68,19 @@ def _add_experiment_args(e: argparse.ArgumentParser, name: str) -> None:
     e.add_argument("-d", "--dataset", required=True, help="dataset folder, name or synthetic-*")
     e.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
     e.add_argument(
-        "--no-tune", action="store_true", help="default parameters instead of each model's grid"
+        "--grid",
+        choices=("published", "budget", "none"),
+        default="published",
+        help="each model's validation grid: published, budget (2-3 values of its main "
+        "regulariser, for small machines) or none (its defaults)",
+    )
+    e.add_argument("--no-tune", action="store_true", help="the same as --grid none")
+    e.add_argument(
+        "--select",
+        choices=("each", "first"),
+        default="each",
+        help="each: every seed searches the grid; first: the first seed does, the others "
+        "train its selected configuration",
     )
     e.add_argument(
         "--set",
@@ -97,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         "tune", help="search a model's validation grid (its published one by default)"
     )
     _add_run_args(p, out_help="output folder (default runs/<dataset>/<model>-tune-seed<N>)")
+    p.add_argument(
+        "--grid",
+        choices=("published", "budget"),
+        default="published",
+        help="published: the model's published grid; budget: 2-3 values of its main "
+        "regulariser from it (for small machines). --set search.X=[..] replaces either",
+    )
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint under the protocol")
     p.add_argument("checkpoint")
@@ -236,7 +255,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from cadmr.train import resolve_run_config, results_markdown, run, search_markdown
 
     config = resolve_run_config(
-        args.model, args.dataset, args.config, args.sets, args.seed, use_default_search=True
+        args.model, args.dataset, args.config, args.sets, args.seed, grid=args.grid
     )
     if not config.search:
         raise ValueError(
@@ -435,14 +454,19 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     dataset = resolve_dataset(args.dataset, args.data_dir)
     out = Path(args.out or f"runs/experiments/{dataset.name}/{args.experiment}")
     seeds = range(args.seeds)
-    common = {
-        "seeds": seeds,
-        "tune": not args.no_tune,
-        "sets": args.sets,
-        "root": args.cache,
-        "progress": not args.quiet,
-    }
-    how = "defaults" if args.no_tune else "each model's grid searched on validation"
+    grid = "none" if args.no_tune else args.grid
+    common = {"seeds": seeds, "grid": grid, "sets": args.sets, "root": args.cache}
+    common["progress"] = not args.quiet
+    how = {
+        "none": "defaults",
+        "published": "each model's published grid searched on validation",
+        "budget": "each model's budget grid searched on validation",
+    }[grid]
+    if grid != "none" and args.experiment == "cold-start":
+        how += " of the full training data (seed 0), then fixed"
+    elif grid != "none" and args.select == "first":
+        how += f" (seed {seeds[0]}; the other seeds train its selection)"
+        common["select"] = "first"
     title = (
         f"{dataset.name} ({args.experiment}): test split, mean ± sample std over seeds "
         f"{', '.join(map(str, seeds))}; {how}"
@@ -504,7 +528,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rows = []
     for name in args.models:
         config = resolve_run_config(
-            name, args.dataset, extra=DEMO_SCHEDULE, seed=args.seed, use_default_search=True
+            name, args.dataset, extra=DEMO_SCHEDULE, seed=args.seed, grid="published"
         )
         config = _quiet(config)  # EASE's lambda is chosen on validation
         out = Path(args.out) / name

@@ -14,6 +14,7 @@ from cadmr.experiments import compare, run_key, summarize, to_csv, to_markdown
 from cadmr.train import resolve_run_config
 
 SETS = ("train.epochs=2",)
+KW = {"sets": SETS, "progress": False}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def counted_runs(monkeypatch):
 
 def test_finished_runs_are_reused_and_new_ones_added(tiny, tmp_path, counted_runs):
     def experiment(models):
-        return compare(tiny, "synthetic-tiny", models, [0, 1], False, SETS, tmp_path, False)
+        return compare(tiny, "synthetic-tiny", models, [0, 1], grid="none", root=tmp_path, **KW)
 
     first = experiment(["ease", "bpr"])
     assert sorted(counted_runs) == [("bpr", 0), ("bpr", 1), ("ease", 0), ("ease", 1)]
@@ -50,12 +51,38 @@ def test_finished_runs_are_reused_and_new_ones_added(tiny, tmp_path, counted_run
 
 
 def test_mirror_gradient_label_reuses_the_base_selection(tiny, tmp_path, counted_runs):
-    runs = compare(tiny, "synthetic-tiny", ["bpr+mg"], [0], True, SETS, tmp_path, False)
-    base = compare(tiny, "synthetic-tiny", ["bpr"], [0], True, SETS, tmp_path, False)
+    runs = compare(tiny, "synthetic-tiny", ["bpr+mg"], [0], root=tmp_path, **KW)
+    base = compare(tiny, "synthetic-tiny", ["bpr"], [0], root=tmp_path, **KW)
     assert counted_runs == [("bpr", 0), ("bpr", 0)]  # the base grid once, then the MG run
     mg = runs["bpr+mg"][0]
     assert mg["config"]["train"]["mirror_gradient"] is True and "search" not in mg
     assert mg["params"] == base["bpr"][0]["params"]
+
+
+def test_select_first_trains_the_first_seeds_selection(tiny, tmp_path, counted_runs):
+    grid = ["search.reg_weight=[0.5,0.0001]"]
+    kw = {**KW, "sets": [*SETS, *grid], "root": tmp_path}
+    runs = compare(tiny, "synthetic-tiny", ["bpr", "bpr+mg"], [0, 1], select="first", **kw)
+    # one search (seed 0), then seed 1 and both MG runs at its selection
+    assert sorted(counted_runs) == [("bpr", 0), ("bpr", 0), ("bpr", 1), ("bpr", 1)]
+    first, second = runs["bpr"]
+    assert len(first["search"]) == 2 and "search" not in second
+    assert second["params"] == first["params"] and second["seed"] == 1
+    assert all(r["params"] == first["params"] for r in runs["bpr+mg"])
+    each = compare(tiny, "synthetic-tiny", ["bpr"], [0, 1], **kw)  # seed 1 searches its own
+    assert len(each["bpr"][1]["search"]) == 2 and each["bpr"][0] == first
+
+
+def test_cold_start_trains_the_full_data_selection(tiny, tmp_path, counted_runs):
+    from cadmr.experiments.coldstart import cold_start
+
+    kw = {**KW, "sets": [*SETS, "search.reg_weight=[0.5,0.0001]"], "root": tmp_path}
+    full = compare(tiny, "synthetic-tiny", ["bpr"], [0], **kw)["bpr"][0]
+    out = cold_start(tiny, "synthetic-tiny", ["bpr"], [0.5], [0, 1], **kw)
+    runs = out[0.5]["bpr"]
+    assert [r["params"] for r in runs] == [full["params"]] * 2
+    assert all("search" not in r for r in runs) and runs[0]["dataset"].endswith("-train50")
+    assert len(counted_runs) == 3  # the full-data search once (cached), then 2 reduced runs
 
 
 def test_run_key_follows_what_changes_results(tiny):
@@ -145,7 +172,7 @@ def test_a_bad_label_is_a_clear_error():
 
 def test_label_overrides_reach_the_model(tiny, tmp_path):
     label = "bpr:reg_weight=0.5"
-    runs = compare(tiny, "synthetic-tiny", [label], [0], False, SETS, tmp_path, False)
+    runs = compare(tiny, "synthetic-tiny", [label], [0], grid="none", root=tmp_path, **KW)
     assert runs[label][0]["params"]["reg_weight"] == 0.5
 
 

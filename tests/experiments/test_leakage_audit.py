@@ -40,9 +40,7 @@ def test_shuffled_test_moves_labels_to_other_users(small):
 
 
 def test_audit_rows_leak_inflates_and_control_falls_to_popularity(small, tmp_path):
-    rows = leakage_audit(
-        small, "synthetic-small", ["ease"], [0], tune=False, root=tmp_path, progress=False
-    )
+    rows = leakage_audit(small, "synthetic-small", ["ease"], [0], root=tmp_path, progress=False)
     by = {(r["model"], r["condition"]): r["test"]["ndcg@10"] for r in rows}
     honest = by["ease", "honest"]
     assert by["ease", "LEAKED (diagnostic)"] > honest

@@ -10,7 +10,7 @@ import numpy as np
 
 from cadmr.data.dataset import Dataset
 from cadmr.data.split import subsample_per_user
-from cadmr.experiments.compare import compare
+from cadmr.experiments.compare import MG, compare
 
 FRACTIONS = (0.8, 0.6, 0.4, 0.2)
 MODELS = ("cadmr", "ease", "lightgcn", "freedom", "dragon")
@@ -29,17 +29,23 @@ def cold_start(
     models: Sequence[str] = MODELS,
     fractions: Sequence[float] = FRACTIONS,
     seeds: Sequence[int] = (0, 1, 2),
-    tune: bool = True,
+    *,
+    grid: str = "published",
     sets: Sequence[str] = (),
     root: str | Path = "runs/experiments/cache",
     progress: bool = True,
     subsample_seed: int = 0,
 ) -> dict[float, dict[str, list[dict[str, Any]]]]:
-    """``compare`` on each reduced training set: fraction -> label -> runs (cached like
-    every experiment run, keyed by the reduced data's fingerprint)."""
+    """Each model at its configuration selected on the FULL training data (``compare``'s
+    first-seed search, read from the cache when ``compare`` ran it), trained on each reduced
+    training set for every seed: fraction -> label -> runs. Fixing the configuration is the
+    figure's point: the same model with less data; it also keeps the cost at one run per
+    point."""
+    bases = list(dict.fromkeys(m.replace(MG, "", 1) for m in models))
+    kw = {"sets": sets, "root": root, "progress": progress}
+    full = compare(dataset, spec, bases, seeds[:1], grid=grid, **kw)
+    fixed = {label: runs[0]["params"] for label, runs in full.items()}
     return {
-        f: compare(
-            reduced(dataset, f, subsample_seed), spec, models, seeds, tune, sets, root, progress
-        )
+        f: compare(reduced(dataset, f, subsample_seed), spec, models, seeds, fixed=fixed, **kw)
         for f in fractions
     }

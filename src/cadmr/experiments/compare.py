@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +53,13 @@ def compare(
     spec: str,
     models: Sequence[str] = TABLE2,
     seeds: Sequence[int] = (0, 1, 2),
-    tune: bool = True,
+    *,
+    grid: str = "published",
+    select: str = "each",
     sets: Sequence[str] = (),
     root: str | Path = "runs/experiments/cache",
     progress: bool = True,
+    fixed: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Train (or read from the cache) every model label for every seed.
 
@@ -66,49 +69,55 @@ def compare(
         models: Labels ``MODEL[+mg][:param=value,...]`` (``parse_label``): a registered
             model, optionally with parameter overrides; ``+mg`` retrains the selected
             configuration of the same label without it, same seed, with Mirror Gradient.
-        seeds: Seeds; each seed selects its own configuration on validation.
-        tune: Search each model's published grid (``cadmr tune``); otherwise its defaults.
+        seeds: Seeds.
+        grid: Each model's validation grid (``resolve_run_config``): "published",
+            "budget" or "none" (its defaults).
+        select: "each": every seed searches the grid; "first": the first seed does and the
+            other seeds train its selected parameters (a ``len(seeds)``-fold cheaper
+            protocol; every number is still chosen on validation).
         sets: ``--set`` overrides applied to every run (e.g. ``train.patience=10``).
         root: Run cache (runs are keyed by resolved configuration and data fingerprint).
         progress: Show a runs-done / total bar with its ETA.
+        fixed: Label (without ``+mg``) -> parameters to train instead of searching.
 
     Returns:
         label -> the results of its runs, in seed order.
     """
+    if select not in ("each", "first"):
+        raise ValueError(f"select must be 'each' or 'first', got {select!r}")
+    seeds = list(seeds)
+    searched: dict[tuple[str, int], dict[str, Any]] = {}  # (label, seed) -> its search run
+
+    def selection(label: str, seed: int, sets: list[str]) -> Mapping[str, Any]:
+        if fixed is not None and label in fixed:
+            return fixed[label]
+        key = (label, seeds[0] if select == "first" else seed)
+        if key not in searched:
+            config = resolve_run_config(
+                parse_label(label)[0], spec, sets=sets, seed=key[1], grid=grid
+            )
+            searched[key] = cached_run(_quiet(config), dataset, root)
+        return searched[key]["params"]
+
     todo = [(label, seed) for label in models for seed in seeds]
     results: dict[str, list[dict[str, Any]]] = {label: [] for label in models}
-    selected: dict[tuple[str, int], dict[str, Any]] = {}
     bar = tqdm(todo, desc=f"compare on {dataset.name}", unit="run", disable=not progress)
     for label, seed in bar:
         bar.set_postfix_str(f"{label} seed {seed}")
         model, overrides, mg = parse_label(label)
         run_sets = [*sets, *overrides]
-        if mg:  # the base configuration's selection (same overrides, same seed) comes first
-            key = (label.replace(MG, "", 1), seed)
-            if key not in selected:
-                selected[key] = _run(dataset, spec, model, seed, tune, run_sets, root)
-            params = selected[key]["params"]
-            extra = {"params": params, "search": {}, "train": {"mirror_gradient": True}}
-            config = resolve_run_config(model, spec, sets=run_sets, seed=seed, extra=extra)
-            out = cached_run(_quiet(config), dataset, root)
-        else:
-            out = _run(dataset, spec, model, seed, tune, run_sets, root)
-            selected[label, seed] = out
-        results[label].append(out)
+        base = label.replace(MG, "", 1)
+        params = selection(base, seed, run_sets)  # searches (cached) where it must
+        if not mg and (base, seed) in searched:  # this run is the search itself
+            results[label].append(searched[base, seed])
+            continue
+        extra = {"params": dict(params), "search": {}}
+        if mg:
+            extra["train"] = {"mirror_gradient": True}
+        no_search = [kv for kv in run_sets if not kv.startswith("search.")]
+        config = resolve_run_config(model, spec, sets=no_search, seed=seed, extra=extra)
+        results[label].append(cached_run(_quiet(config), dataset, root))
     return results
-
-
-def _run(
-    dataset: Dataset,
-    spec: str,
-    model: str,
-    seed: int,
-    tune: bool,
-    sets: Sequence[str],
-    root: str | Path,
-) -> dict[str, Any]:
-    config = resolve_run_config(model, spec, sets=sets, seed=seed, use_default_search=tune)
-    return cached_run(_quiet(config), dataset, root)
 
 
 def _quiet(config: RunConfig) -> RunConfig:

@@ -109,7 +109,9 @@ def leakage_audit(
     spec: str,
     models: Sequence[str] = ("cadmr", "ease"),
     seeds: Sequence[int] = (0,),
-    tune: bool = False,
+    *,
+    grid: str = "none",
+    select: str = "each",
     sets: Sequence[str] = (),
     root: str | Path = "runs/experiments/cache",
     progress: bool = True,
@@ -122,7 +124,10 @@ def leakage_audit(
         "LEAKED (diagnostic)" or "shuffled test labels (control)"; popularity rows have model
         "popularity".
     """
-    honest = compare(dataset, spec, models, seeds, tune, sets, root, progress)
+    honest = compare(
+        dataset, spec, models, seeds, grid=grid, select=select, sets=sets, root=root,
+        progress=progress,
+    )  # fmt: skip
     control = shuffled_test(dataset)
     pop = fitted_popularity(dataset)
     rows = [

@@ -475,6 +475,9 @@ class ADDVAE(TorchRecommender):
         "content_weight": (0.2, 1.0),
         "alignment_weight": (0.1, 0.2, 0.5),
     }
+    budget_search: ClassVar[Mapping[str, tuple[Any, ...]] | None] = {
+        "alignment_weight": (0.1, 0.2, 0.5)
+    }
 
     def __init__(
         self,

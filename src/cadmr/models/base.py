@@ -142,6 +142,9 @@ class Recommender(abc.ABC):
         personalized: False for non-personalised models (popularity).
         default_search: The published validation grid, searched by ``cadmr tune`` (and by
             ``run`` when the configuration sets no ``search``).
+        budget_search: A smaller grid for machines where the published one does not fit:
+            2-3 values of the model's main regulariser from the published grid, the rest at
+            defaults (``cadmr tune --grid budget``); None: the published grid.
         needs_features: True when the model cannot run without item features.
         item_block: Items scored per ``score_block`` call when ranking (``ranked_topk``);
             0 scores the whole catalogue with one ``score`` call.
@@ -151,6 +154,7 @@ class Recommender(abc.ABC):
     params_cls: ClassVar[type]
     personalized: ClassVar[bool] = True
     default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {}
+    budget_search: ClassVar[Mapping[str, tuple[Any, ...]] | None] = None
     needs_features: ClassVar[bool] = False
     item_block: ClassVar[int] = 0
 

@@ -43,6 +43,9 @@ class BPRMF(TorchRecommender):
     default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {  # MMRec's BPR grid
         "reg_weight": (2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
     }
+    budget_search: ClassVar[Mapping[str, tuple[Any, ...]] | None] = {
+        "reg_weight": (1e-1, 1e-3, 1e-5)
+    }
 
     def __init__(
         self, params: BPRParams, n_users: int, n_items: int, feature_dims: Mapping[str, int]

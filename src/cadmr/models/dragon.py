@@ -197,6 +197,9 @@ class DRAGON(CachedEmbeddingScores, TorchRecommender):
         "reg_weight": (0.1, 0.01, 0.001, 0.0001, 0.00001),
         "learning_rate": (0.1, 0.01, 0.001, 0.0001, 0.00001),
     }
+    budget_search: ClassVar[Mapping[str, tuple[Any, ...]] | None] = {
+        "reg_weight": (1e-4, 1e-3, 1e-2)
+    }
 
     def __init__(
         self,

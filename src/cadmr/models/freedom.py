@@ -129,6 +129,9 @@ class FREEDOM(CachedEmbeddingScores, BPRMF):
         "dropout": (0.8, 0.9),
         "reg_weight": (0.0, 1e-5, 1e-4, 1e-3),
     }
+    budget_search: ClassVar[Mapping[str, tuple[Any, ...]] | None] = {
+        "reg_weight": (0.0, 1e-4, 1e-3)
+    }
 
     def __init__(
         self,

@@ -120,6 +120,9 @@ class LATTICE(CachedEmbeddingScores, BPRMF):
         "reg_weight": (0.0, 1e-5, 1e-4, 1e-3),
         "learning_rate": (1e-4, 5e-4, 1e-3, 5e-3),
     }
+    budget_search: ClassVar[Mapping[str, tuple[Any, ...]] | None] = {
+        "reg_weight": (0.0, 1e-4, 1e-3)
+    }
 
     def __init__(
         self,

@@ -54,6 +54,9 @@ class LightGCN(CachedEmbeddingScores, BPRMF):
         "n_layers": (1, 2, 3, 4),
         "reg_weight": (1e-2, 1e-3, 1e-4, 1e-5, 1e-6),
     }
+    budget_search: ClassVar[Mapping[str, tuple[Any, ...]] | None] = {
+        "reg_weight": (1e-2, 1e-4, 1e-6)
+    }
 
     def __init__(
         self,

@@ -154,6 +154,7 @@ class SLMRec(CachedEmbeddingScores, TorchRecommender):
         "ssl_alpha": (0.01, 0.05, 0.1, 0.5, 1.0),
         "reg": (1e-4, 1e-3, 1e-2, 1e-1),
     }
+    budget_search: ClassVar[Mapping[str, tuple[Any, ...]] | None] = {"learning_rate": (1e-4, 1e-3)}
 
     def __init__(
         self,

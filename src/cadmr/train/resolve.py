@@ -8,6 +8,7 @@ from typing import Any
 from cadmr.config import RunConfig, build_run_config, load_yaml, parse_sets
 from cadmr.models import get_model_class
 
+GRIDS = ("none", "published", "budget")
 PACKAGED = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -22,14 +23,15 @@ def resolve_run_config(
     sets: list[str] | tuple[str, ...] = (),
     seed: int | None = None,
     extra: dict[str, Any] | None = None,
-    use_default_search: bool = False,
+    grid: str = "none",
 ) -> RunConfig:
     """Merge defaults -> dataset YAML -> model YAML -> ``config_file`` -> ``extra`` ->
     ``sets`` -> ``seed``, and validate the result strictly.
 
-    ``search`` is what the layers set (nothing: one configuration, as ``cadmr train``).
-    With ``use_default_search`` and no layer setting one, it is the model's published grid
-    (``default_search``), as ``cadmr tune`` searches.
+    ``search`` is what the layers set. Where no layer sets one, ``grid`` decides (``GRIDS``):
+    "none" (one configuration, as ``cadmr train``), "published" (the model's published grid,
+    ``default_search``, as ``cadmr tune`` searches) or "budget" (its ``budget_search``, the
+    published grid where it has none).
 
     Packaged YAML files live in ``cadmr/configs/dataset/<name>.yaml`` and
     ``cadmr/configs/model/<name>.yaml`` and are used when present.
@@ -49,5 +51,11 @@ def resolve_run_config(
     layers.append(parse_sets(list(sets)))
     if seed is not None:
         layers.append({"seed": seed})
-    grid = cls.default_search if use_default_search else None
-    return build_run_config(cls.name, dataset, cls.params_cls, layers, grid)
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {', '.join(GRIDS)}, got {grid!r}")
+    default = {
+        "none": None,
+        "published": cls.default_search,
+        "budget": cls.default_search if cls.budget_search is None else cls.budget_search,
+    }[grid]
+    return build_run_config(cls.name, dataset, cls.params_cls, layers, default)
