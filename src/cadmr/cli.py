@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -589,6 +590,30 @@ def _error(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one rank of several, under torchrun
+        return _main_distributed(args)
+    return _main(args)
+
+
+def _main_distributed(args: argparse.Namespace) -> int:
+    """Data-parallel ``cadmr train``/``tune`` (``cadmr.train.distributed``); rank 0 prints."""
+    import contextlib
+
+    from cadmr.train.distributed import init_from_env, rank_and_size, shutdown
+
+    if args.command not in ("train", "tune"):
+        return _error(f"torchrun runs cadmr train or cadmr tune, not cadmr {args.command}")
+    init_from_env()
+    try:
+        if rank_and_size()[0] == 0:
+            return _main(args)
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            return _main(args)
+    finally:
+        shutdown()
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except (

@@ -19,10 +19,12 @@ finished trials.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +45,7 @@ from cadmr.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from cadmr.train.distributed import data_parallel_loss, rank_and_size
 
 HEADLINE = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
@@ -245,6 +248,7 @@ def _fit_iterative(
         tag = f"[{phase}] " if len(phases) > 1 else ""
         model.start_phase(phase)
         optimizer = make_optimizer(model, tc)
+        loss_fn = data_parallel_loss(model)  # model.loss unless under torchrun
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
             optimizer_state = None
@@ -268,7 +272,7 @@ def _fit_iterative(
             log(f"{tag}start | valid {_fmt(valid)} *")
         while state["epoch"] < tc.epochs and state["bad_evals"] < tc.patience:
             epoch = state["epoch"]
-            entry = _train_epoch(model, optimizer, rng, tc, f"{tag}epoch {epoch}")
+            entry = _train_epoch(model, optimizer, rng, tc, f"{tag}epoch {epoch}", loss_fn)
             entry = {"phase": phase, "epoch": epoch, **entry} if tag else {"epoch": epoch, **entry}
             line = (
                 f"{tag}epoch {epoch:4d} loss {entry['loss']:.5f} "
@@ -340,8 +344,12 @@ def _train_epoch(
     rng: np.random.Generator,
     tc: TrainConfig,
     desc: str,
+    loss_fn: Callable[[Any], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """One pass over ``model.batches``; returns the mean loss and the seconds it took.
+
+    ``loss_fn`` computes a batch's loss (default ``model.loss``; data-parallel training
+    passes its rank's share, ``distributed.data_parallel_loss``).
 
     With ``tc.mirror_gradient``, batches 0, beta, 2 beta, ... (beta = ``mirror_interval``)
     take Mirror Gradient's pair of steps: one on ``alpha1 x loss``, then one on
@@ -355,8 +363,10 @@ def _train_epoch(
     total, n_batches = 0.0, 0
     bar = tqdm(model.batches(rng, tc.batch_size), desc=desc, disable=not tc.progress, leave=False)
 
+    compute = loss_fn or model.loss
+
     def checked_loss(batch: Any) -> torch.Tensor:
-        loss = model.loss(batch)
+        loss = compute(batch)
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"{model.name}: loss is {loss.item()} at {desc}, batch {n_batches}; "
@@ -421,8 +431,24 @@ def run(
     resume: bool = False,
     echo: bool = True,
 ) -> dict[str, Any]:
-    """Train (with the validation grid, if any), test once at the best, write results."""
-    out_dir = Path(out_dir)
+    """Train (with the validation grid, if any), test once at the best, write results.
+
+    Under torchrun (``distributed``), every rank trains and evaluates the same model on its
+    share of each batch; rank 0 writes ``out_dir``, the others a temporary folder.
+    """
+    rank, size = rank_and_size()
+    if resume and size > 1:
+        raise TrainingError("--resume runs in one process; resume without torchrun")
+    if rank == 0:
+        return _run(config, dataset, Path(out_dir), resume, echo)
+    with tempfile.TemporaryDirectory(prefix="cadmr-rank") as scratch:
+        quiet = dataclasses.replace(config.train, progress=False)
+        return _run(dataclasses.replace(config, train=quiet), dataset, Path(scratch), False, False)
+
+
+def _run(
+    config: RunConfig, dataset: Dataset, out_dir: Path, resume: bool, echo: bool
+) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = out_dir / "config.yaml"
     cfg_text = yaml.safe_dump(config.to_dict(), sort_keys=False)
