@@ -8,6 +8,7 @@ import resource
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -33,3 +34,37 @@ def machine_line(threads: int) -> str:
 def peak_rss_gib() -> float:
     """Peak resident memory of this process so far, in GiB (Linux ru_maxrss is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _nnz(t: torch.Tensor) -> int:
+    return int(t._nnz()) if t.layout != torch.strided else t.numel()
+
+
+def _product_flops(a: torch.Tensor, b: torch.Tensor) -> int:
+    """2 x multiply-adds of ``a @ b``: a sparse operand contributes its non-zeros only."""
+    if a.layout != torch.strided:
+        return 2 * _nnz(a) * b.shape[-1]
+    if b.layout != torch.strided:
+        return 2 * _nnz(b) * a.shape[0]
+    return 2 * a.shape[0] * a.shape[1] * b.shape[-1]
+
+
+def _mm(a, b, *args, out_val=None, **kwargs) -> int:
+    return _product_flops(a, b)
+
+
+def _addmm(bias, a, b, *args, out_val=None, **kwargs) -> int:
+    return _product_flops(a, b)
+
+
+for _f in (_mm, _addmm):
+    _f._get_raw = True  # type: ignore[attr-defined]  # FlopCounterMode passes the tensors
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FlopCounterMode with matrix products counted by their operands' non-zeros:
+    torch counts ``sparse @ dense`` as if the sparse operand were dense. Elementwise ops,
+    gathers and reductions count 0 (memory-bound; they cost time but no matmul FLOPs)."""
+    aten = torch.ops.aten
+    mapping = {aten.mm: _mm, aten.addmm: _addmm, aten._sparse_addmm: _addmm}
+    return FlopCounterMode(display=False, custom_mapping=mapping)

@@ -7,8 +7,8 @@ Usage:
 For each dataset, phase (pretrain, finetune) and item batch size, a fresh process builds
 the dataset and a default CADMR, times ``--max-batches`` training steps after one warm-up
 step and extrapolates to a full epoch (exact when the epoch has no more batches), counts
-the FLOPs of one step with torch's FlopCounterMode (dense ops only: the sparse products of
-the first layer and the attention queries are added analytically), and reports the peak
+the matrix-product FLOPs of one step (``_machine.flop_counter``: sparse products by their
+non-zeros), and reports the peak
 resident memory of that process. The first lines state the machine: cores, torch threads
 and the measured fp32 matmul GFLOP/s, so each row can be read against the machine's limit.
 """
@@ -22,22 +22,12 @@ import time
 
 import numpy as np
 import torch
-from _machine import machine_line, peak_rss_gib
-from torch.utils.flop_counter import FlopCounterMode
+from _machine import flop_counter, machine_line, peak_rss_gib
 
 from cadmr.data import LeakageGuard
 from cadmr.data.sources import resolve_dataset
 from cadmr.train.resolve import resolve_run_config
 from cadmr.train.trainer import build_model, make_optimizer
-
-
-def _sparse_flops(model, items: np.ndarray, phase: str) -> float:
-    """FLOPs of the sparse products FlopCounterMode does not see (forward and backward)."""
-    nnz = model.item_user[items].nnz
-    flops = 2 * nnz * model.params.hidden[0] * 2  # first layer: forward + weight gradient
-    if phase == "finetune" and model.params.use_attention:
-        flops += 2 * nnz * model.params.latent_dim * 2  # attention queries
-    return float(flops)
 
 
 def measure(spec: str, phase: str, batch_size: int, max_batches: int, threads: int, out: mp.Queue):
@@ -56,9 +46,9 @@ def measure(spec: str, phase: str, batch_size: int, max_batches: int, threads: i
         model.loss(batch).backward()
         optimizer.step()
 
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         step(batches[0])  # also the warm-up
-    step_flops = counter.get_total_flops() + _sparse_flops(model, batches[0].items, phase)
+    step_flops = counter.get_total_flops()
     timed = batches[1 : 1 + max_batches] or batches[:1]
     t0 = time.perf_counter()
     for batch in timed:

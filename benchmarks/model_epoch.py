@@ -10,7 +10,10 @@ times ``--max-batches`` optimisation steps after one warm-up step and extrapolat
 epoch's batch count (exact when the epoch has no more batches), times one full evaluation of
 the validation split (every user ranked against every item), and reports the process's peak
 resident memory. The first line states the machine: cores, torch threads and the measured
-fp32 matmul GFLOP/s. Models that need features are skipped on data without any.
+fp32 matmul GFLOP/s. FLOPs per epoch are one step's matrix-product FLOPs (sparse products
+counted by their non-zeros; ``_machine.flop_counter``) times the batches per epoch, so
+"achieved GFLOP/s" reads directly against the machine's matmul speed. Models that need
+features are skipped on data without any.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 
 import numpy as np
 import torch
-from _machine import machine_line, peak_rss_gib
+from _machine import flop_counter, machine_line, peak_rss_gib
 
 from cadmr.data import LeakageGuard
 from cadmr.data.sources import resolve_dataset
@@ -56,14 +59,19 @@ def measure(spec: str, name: str, max_batches: int, threads: int, out: mp.Queue)
             model.train()
             batches = list(model.batches(np.random.default_rng(0), config.train.batch_size))
 
-            step(model, optimizer, batches[0])  # warm-up
+            with flop_counter() as counter:
+                step(model, optimizer, batches[0])  # also the warm-up
             timed = batches[1 : 1 + max_batches] or batches[:1]
             t0 = time.perf_counter()
             for batch in timed:
                 step(model, optimizer, batch)
-            per_batch = (time.perf_counter() - t0) / len(timed)
+            epoch_s = (time.perf_counter() - t0) / len(timed) * len(batches)
+            gflop = counter.get_total_flops() * len(batches) / 1e9
             mark = "" if len(timed) + 1 >= len(batches) else "*"
-            epochs.append(f"{phase} {per_batch * len(batches):.1f}{mark} ({len(batches)})")
+            epochs.append(
+                f"{phase} {epoch_s:.1f}{mark} ({len(batches)}) {gflop:.3g} GFLOP "
+                f"{gflop / epoch_s:.3g} GFLOP/s"
+            )
         model.eval()
     t0 = time.perf_counter()
     evaluate(model, dataset, "valid", config.eval)
@@ -91,8 +99,8 @@ def main() -> None:
     print(machine_line(args.threads))
     print()
     print(
-        "| dataset | users x items | model | set-up s | s/epoch per phase (batches) | "
-        "eval s (valid) | peak RSS GiB |"
+        "| dataset | users x items | model | set-up s | per phase: s/epoch (batches) "
+        "GFLOP/epoch achieved GFLOP/s | eval s (valid) | peak RSS GiB |"
     )
     print("|---|---|---|---|---|---|---|")
     ctx = mp.get_context("spawn")
