@@ -161,6 +161,6 @@ def test_train_runs_one_configuration_and_points_to_tune(tmp_path, capsys):
 
 
 def test_tune_without_a_grid_is_a_clear_error(tmp_path, capsys):
-    args = ["tune", "-m", "kernel_ae", "-d", "synthetic-tiny", "--out", str(tmp_path / "x")]
+    args = ["tune", "-m", "pop", "-d", "synthetic-tiny", "--out", str(tmp_path / "x")]
     assert main(args) == 2
-    assert "kernel_ae has no default grid" in capsys.readouterr().err
+    assert "pop has no default grid" in capsys.readouterr().err
