@@ -480,6 +480,7 @@ def _run(
             log(f"trial {i + 1}/{len(trials)}: {_params_str(params)}")
         summaries.append(fit_trial(config, params, dataset, trial_dir, resume, log, shared))
 
+    shared = None  # a closed-form model can be an I x I matrix: one copy at a time
     metric = config.eval.valid_metric
     best_i = max(range(len(summaries)), key=lambda j: summaries[j]["valid"][metric])
     best = summaries[best_i]

@@ -1,0 +1,60 @@
+"""EASE's in-place solve against the textbook formula."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import cadmr.models.ease as ease_mod
+from cadmr.models.ease import EASE, EASEParams, ease_weights_in_place, gram
+
+
+def _matrix(n_users=300, n_items=70, seed=0) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    return sp.csr_matrix((rng.random((n_users, n_items)) < 0.1).astype(np.float32))
+
+
+def _reference(x: sp.csr_matrix, lam: float) -> np.ndarray:
+    g = (x.T @ x).toarray().astype(np.float64)
+    p = np.linalg.inv(g + lam * np.eye(g.shape[0]))
+    b = np.eye(g.shape[0]) - p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
+@pytest.mark.parametrize("block", [1, 16, 70, 4096])
+def test_gram_in_column_blocks(block):
+    x = _matrix()
+    assert np.array_equal(gram(x, np.float64, block), (x.T @ x).toarray())
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(np.float64, 1e-12), (np.float32, 1e-5)])
+@pytest.mark.parametrize("block", [1, 16, 69, 4096])
+def test_in_place_weights_equal_the_formula(dtype, tol, block):
+    x = _matrix()
+    g = gram(x, dtype)
+    b = ease_weights_in_place(g, 25.0, block)
+    assert np.shares_memory(b, g) and b.dtype == dtype
+    np.testing.assert_allclose(b, _reference(x, 25.0), atol=tol)
+    assert (np.diagonal(b) == 0).all()
+
+
+def test_large_catalogues_solve_in_float32_without_a_cached_gram(monkeypatch):
+    x = _matrix()
+    ref = _reference(x, 10.0)
+    model = EASE(EASEParams(reg_weight=10.0), x.shape[0], x.shape[1], {})
+    model.train_matrix = x
+    monkeypatch.setattr(ease_mod, "FLOAT64_MAX_ITEMS", 50)
+    model.fit()
+    assert model._gram_cache is None and model._dtype() is np.float32
+    np.testing.assert_allclose(model.weights.numpy(), ref, atol=1e-5)
+    monkeypatch.setattr(ease_mod, "FLOAT64_MAX_ITEMS", 100)
+    model.fit()
+    assert model._gram_cache is not None and model._dtype() is np.float64
+    np.testing.assert_allclose(model.weights.numpy(), ref, atol=1e-6)
+
+
+def test_bad_dtype_is_a_clear_error():
+    with pytest.raises(ValueError, match="dtype must be auto, float32 or float64"):
+        EASEParams(dtype="float16")
