@@ -13,7 +13,9 @@ from cadmr.data.split import subsample_per_user
 from cadmr.experiments.compare import MG, compare
 
 FRACTIONS = (0.8, 0.6, 0.4, 0.2)
-MODELS = ("cadmr", "ease", "lightgcn", "freedom", "dragon")
+# CADMR and the four best baselines on validation Recall@20 in the compare runs of
+# docs/experiments.md (EASE, LATTICE, DRAGON on ml100k; DRAGON, LightGCN, LATTICE on lfm2k)
+MODELS = ("cadmr", "ease", "lightgcn", "lattice", "dragon")
 
 
 def reduced(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
