@@ -7,7 +7,8 @@ Usage:
 For each dataset and model (default parameters and batch size), a fresh process builds the
 dataset and the model, times its set-up (graphs, adjacency), then for each training phase
 times ``--max-batches`` optimisation steps after one warm-up step and extrapolates to the
-epoch's batch count (exact when the epoch has no more batches), times one full evaluation of
+epoch's batch count (exact when the epoch has no more batches; ``--max-batches 0`` trains
+the whole epoch: the warm-up step plus every other batch), times one full evaluation of
 the validation split (every user ranked against every item), and reports the process's peak
 resident memory. The first line states the machine: cores, torch threads and the measured
 fp32 matmul GFLOP/s. FLOPs per epoch are one step's matrix-product FLOPs (sparse products
@@ -61,7 +62,7 @@ def measure(spec: str, name: str, max_batches: int, threads: int, out: mp.Queue)
 
             with flop_counter() as counter:
                 step(model, optimizer, batches[0])  # also the warm-up
-            timed = batches[1 : 1 + max_batches] or batches[:1]
+            timed = (batches[1 : 1 + max_batches] if max_batches else batches[1:]) or batches[:1]
             t0 = time.perf_counter()
             for batch in timed:
                 step(model, optimizer, batch)
@@ -92,7 +93,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=sorted(MODELS))
     parser.add_argument("--datasets", nargs="+", default=["lfm2k", "synthetic-baby"])
-    parser.add_argument("--max-batches", type=int, default=5)
+    parser.add_argument(
+        "--max-batches", type=int, default=5, help="timed steps per phase; 0: the whole epoch"
+    )
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
 
@@ -125,7 +128,8 @@ def main() -> None:
                 flush=True,
             )
     print()
-    print(f"* extrapolated from {args.max_batches} timed steps after one warm-up step")
+    if args.max_batches:
+        print(f"* extrapolated from {args.max_batches} timed steps after one warm-up step")
 
 
 if __name__ == "__main__":

@@ -287,5 +287,5 @@ def paper_adam(parameters: Any, lr: float, weight_decay: float) -> torch.optim.A
     """Adam as CADMR section 4.3 sets it (beta1 0.9, beta2 0.99, eps 1e-6); the autoencoder
     alone uses it too, so that it is exactly CADMR's pretraining phase."""
     return torch.optim.Adam(
-        parameters, lr=lr, betas=(0.9, 0.99), eps=1e-6, weight_decay=weight_decay
+        parameters, lr=lr, betas=(0.9, 0.99), eps=1e-6, weight_decay=weight_decay, fused=True
     )

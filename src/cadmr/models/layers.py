@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -85,6 +86,78 @@ def local_kernel(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.addmm(base, u, v.T, alpha=2.0).clamp_(0.0, 1.0)
 
 
+# elements of one (rows x n_out) block of the fused kernel pass: 1 MiB of float32, so a
+# block's chain of elementwise ops runs in cache instead of streaming the whole matrix
+KERNEL_BLOCK_ELEMENTS = 1 << 18
+
+
+class KernelWeight(torch.autograd.Function):
+    """``(W * k, sum W^2, sum k^2)`` with ``k = local_kernel(u, v)``, fused.
+
+    Composed from torch ops, a step streams the (n_in, n_out) matrices through memory some
+    thirty times (kernel, clamp, product, squares, and each op's backward); on a real
+    catalogue these elementwise passes, not the matrix products, dominated the step. Here
+    forward and backward each walk the matrix once, in row blocks of
+    ``KERNEL_BLOCK_ELEMENTS``, recomputing the kernel in backward instead of storing it.
+    Gradients are the composed ops' (clamp passes gradient on ``0 <= pre <= 1`` as
+    ``torch.clamp`` does); tests compare both and run gradcheck.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = torch.empty_like(weight)
+        sq_w, sq_k = weight.new_zeros(()), weight.new_zeros(())
+        for i, j, k, _ in _kernel_blocks(u, v):
+            w = weight[i:j]
+            torch.mul(w, k, out=out[i:j])
+            sq_w += torch.linalg.vecdot(w.reshape(-1), w.reshape(-1))
+            sq_k += torch.linalg.vecdot(k.reshape(-1), k.reshape(-1))
+        ctx.save_for_backward(weight, u, v)
+        return out, sq_w, sq_k
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any,
+        g_out: torch.Tensor | None,
+        g_sq_w: torch.Tensor | None,
+        g_sq_k: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        weight, u, v = ctx.saved_tensors
+        two_gw = 2.0 * (g_sq_w if g_sq_w is not None else weight.new_zeros(()))
+        two_gk = 2.0 * (g_sq_k if g_sq_k is not None else weight.new_zeros(()))
+        d_weight = torch.empty_like(weight)
+        d_u = torch.empty_like(u)
+        v_acc = torch.zeros_like(v)  # sum_i a_ij u_i
+        col_sum = v.new_zeros(v.shape[0])  # sum_i a_ij
+        for i, j, k, pre in _kernel_blocks(u, v):
+            w = weight[i:j]
+            g = g_out[i:j] if g_out is not None else torch.zeros_like(w)
+            torch.addcmul(two_gw * w, g, k, out=d_weight[i:j])
+            # a = dL/dpre, where pre = 1 - |u_i|^2 - |v_j|^2 + 2 u_i.v_j
+            a = torch.addcmul(two_gk * k, g, w).mul_((pre >= 0) & (pre <= 1))
+            d_u[i:j] = 2.0 * (a @ v - u[i:j] * a.sum(1, keepdim=True))
+            v_acc.addmm_(a.T, u[i:j])
+            col_sum += a.sum(0)
+        d_v = 2.0 * (v_acc - v * col_sum[:, None])
+        return d_weight, d_u, d_v
+
+
+def _kernel_blocks(
+    u: torch.Tensor, v: torch.Tensor
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """(start, stop, kernel rows, pre-clamp rows) of ``local_kernel(u, v)`` by row blocks."""
+    u, v = u.detach(), v.detach()
+    rows = max(1, KERNEL_BLOCK_ELEMENTS // max(1, v.shape[0]))
+    v_sq = v.pow(2).sum(1)
+    u_sq = u.pow(2).sum(1, keepdim=True)
+    for i in range(0, u.shape[0], rows):
+        j = min(i + rows, u.shape[0])
+        pre = torch.addmm(1.0 - u_sq[i:j] - v_sq, u[i:j], v.T, alpha=2.0)
+        yield i, j, pre.clamp(0.0, 1.0), pre
+
+
 class LocalKernelLayer(nn.Module):
     """A dense layer whose weight is sparsified by a learned local kernel (GLocal-K).
 
@@ -111,16 +184,21 @@ class LocalKernelLayer(nn.Module):
         self._shared: torch.Tensor | object | None = None  # see shared_kernels
 
     def kernel(self) -> torch.Tensor:
-        """(n_in, n_out) kernel k (computed once per ``shared_kernels`` block)."""
-        if self._shared is not None:
-            if self._shared is _EMPTY:
-                self._shared = local_kernel(self.u, self.v)
-            return self._shared
+        """(n_in, n_out) kernel k (for inspection; training uses ``weighted``)."""
         return local_kernel(self.u, self.v)
+
+    def weighted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(W * k, sum W^2, sum k^2) from one fused pass (``KernelWeight``), computed once
+        per ``shared_kernels`` block."""
+        if self._shared is None:
+            return KernelWeight.apply(self.weight, self.u, self.v)
+        if self._shared is _EMPTY:
+            self._shared = KernelWeight.apply(self.weight, self.u, self.v)
+        return self._shared  # type: ignore[return-value]
 
     def effective_weight(self) -> torch.Tensor:
         """(n_in, n_out) weight W * k actually applied."""
-        return self.weight * self.kernel()
+        return self.weighted()[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ (W * k) + b``: (B, n_in) dense or torch sparse (CSR/COO) -> (B, n_out)."""
@@ -136,7 +214,8 @@ class LocalKernelLayer(nn.Module):
 
     def penalties(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of W^2, sum of k^2): the terms GLocal-K weighs by lambda_2 and lambda_s."""
-        return self.weight.pow(2).sum(), self.kernel().pow(2).sum()
+        _, sq_w, sq_k = self.weighted()
+        return sq_w, sq_k
 
 
 _EMPTY = object()
