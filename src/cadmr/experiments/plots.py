@@ -18,23 +18,27 @@ def line_plot(
     ylabel: str,
     title: str,
     path: str | Path,
+    references: dict[str, Sequence[float]] | None = None,
 ) -> Path:
     """One line per series with mean +- std error bars, saved as a PNG at ``path``.
 
     Args:
         xs: Shared x positions (e.g. heads 1, 2, 4, 8), shown as categorical ticks.
         series: label -> (means, stds), each aligned with ``xs``.
+        references: label -> values drawn as dashed grey lines (e.g. popularity).
     """
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     positions = list(range(len(xs)))
     for label, (means, stds) in series.items():
         ax.errorbar(positions, means, yerr=stds, marker="o", capsize=3, label=label)
+    for label, values in (references or {}).items():
+        ax.plot(positions, values, linestyle="--", color="grey", marker=".", label=label)
     ax.set_xticks(positions, [str(x) for x in xs])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if len(series) > 1:
+    if len(series) + len(references or {}) > 1:
         ax.legend()
     fig.tight_layout()
     path = Path(path)

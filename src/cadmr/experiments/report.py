@@ -41,6 +41,10 @@ def heads_figure(
     return line_plot(heads, series, "attention heads", "test NDCG@10", title, path)
 
 
+def _popularity(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return next(r for r in rows if r["model"] == "popularity")
+
+
 def write_cold_start(
     out: Path,
     dataset_name: str,
@@ -77,5 +81,6 @@ def write_cold_start(
         "test NDCG@10",
         f"{dataset_name}: cold-start",
         out / "cold-start.png",
+        references={"popularity": [_popularity(rows)["ndcg@10"] for rows in tables.values()]},
     )
     return text, png
