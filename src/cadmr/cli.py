@@ -203,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_args(e, "cold-start")
     e.add_argument("-m", "--models", nargs="+", help="labels (default cadmr and 4 baselines)")
     e.add_argument("--fractions", nargs="+", type=float, default=[0.8, 0.6, 0.4, 0.2])
+    e.add_argument(
+        "--retune",
+        action="store_true",
+        help="search each model's grid again on every reduced training set (first seed)",
+    )
     e = esub.add_parser(
         "leakage-audit",
         help="DIAGNOSTIC: honest vs deliberately leaked metrics, and a shuffled-label control",
@@ -464,7 +469,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         "budget": "each model's budget grid searched on validation",
     }[grid]
     if grid != "none" and args.experiment == "cold-start":
-        how += " of the full training data (seed 0), then fixed"
+        if args.retune:
+            how += f" of each reduced training set (seed {seeds[0]}; the others train it)"
+        else:
+            how += f" of the full training data (seed {seeds[0]}), then fixed"
     elif grid != "none" and args.select == "first":
         how += f" (seed {seeds[0]}; the other seeds train its selection)"
         common["select"] = "first"
@@ -486,7 +494,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
         models = args.models or list(MODELS)
         by_fraction = cold_start(
-            dataset, args.dataset, models=models, fractions=args.fractions, **common
+            dataset, args.dataset, models, args.fractions, retune=args.retune, **common
         )
         text, png = write_cold_start(out, dataset.name, title, by_fraction, models)
         print(text, end="")

@@ -217,3 +217,15 @@ def test_cli_cold_start_table_and_plot(tmp_path):
     # less training data: EASE's test NDCG@10 falls
     assert data["0.4"][0]["ndcg@10"] < data["0.8"][0]["ndcg@10"]
     assert (out / "cold-start.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cold_start_retune_searches_each_reduced_set(tiny, tmp_path, counted_runs):
+    from cadmr.experiments.coldstart import cold_start
+
+    kw = {**KW, "sets": [*SETS, "search.reg_weight=[0.5,0.0001]"], "root": tmp_path}
+    out = cold_start(tiny, "synthetic-tiny", ["bpr"], [0.5, 0.8], [0, 1], retune=True, **kw)
+    for f in (0.5, 0.8):
+        first, second = out[f]["bpr"]
+        assert len(first["search"]) == 2 and "search" not in second
+        assert second["params"] == first["params"]
+    assert len(counted_runs) == 4  # no full-data search: one search + one run per fraction

@@ -37,14 +37,24 @@ def cold_start(
     root: str | Path = "runs/experiments/cache",
     progress: bool = True,
     subsample_seed: int = 0,
+    retune: bool = False,
 ) -> dict[float, dict[str, list[dict[str, Any]]]]:
-    """Each model at its configuration selected on the FULL training data (``compare``'s
-    first-seed search, read from the cache when ``compare`` ran it), trained on each reduced
-    training set for every seed: fraction -> label -> runs. Fixing the configuration is the
-    figure's point: the same model with less data; it also keeps the cost at one run per
-    point."""
+    """fraction -> label -> runs over ``seeds`` on each reduced training set.
+
+    By default each model trains at its configuration selected on the FULL training data
+    (``compare``'s first-seed search, read from the cache when ``compare`` ran it): the same
+    model with less data, at one run per point. With ``retune``, the first seed searches
+    the grid again on each reduced set (its validation split is unchanged) and the other
+    seeds train that selection: what a practitioner with only that much data would do.
+    """
+    kw: dict[str, Any] = {"sets": sets, "root": root, "progress": progress}
+    if retune:
+        kw["select"] = "first"
+        return {
+            f: compare(reduced(dataset, f, subsample_seed), spec, models, seeds, grid=grid, **kw)
+            for f in fractions
+        }
     bases = list(dict.fromkeys(m.replace(MG, "", 1) for m in models))
-    kw = {"sets": sets, "root": root, "progress": progress}
     full = compare(dataset, spec, bases, seeds[:1], grid=grid, **kw)
     fixed = {label: runs[0]["params"] for label, runs in full.items()}
     return {
