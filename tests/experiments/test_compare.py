@@ -229,3 +229,13 @@ def test_cold_start_retune_searches_each_reduced_set(tiny, tmp_path, counted_run
         assert len(first["search"]) == 2 and "search" not in second
         assert second["params"] == first["params"]
     assert len(counted_runs) == 4  # no full-data search: one search + one run per fraction
+
+
+def test_cold_start_shows_one_bar_over_all_its_runs(tiny, tmp_path, capsys):
+    from cadmr.experiments.coldstart import cold_start
+
+    kw = {"sets": SETS, "root": tmp_path, "grid": "none"}
+    cold_start(tiny, "synthetic-tiny", ["ease", "bpr"], [0.5, 0.8], [0, 1], **kw)
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    # 2 fractions x 2 models x 2 seeds, plus each model's full-data selection
+    assert any("cold-start on synthetic-tiny" in line and "10/10" in line for line in bar)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from cadmr.data.dataset import Dataset
 from cadmr.data.split import subsample_per_user
@@ -47,17 +48,18 @@ def cold_start(
     the grid again on each reduced set (its validation split is unchanged) and the other
     seeds train that selection: what a practitioner with only that much data would do.
     """
-    kw: dict[str, Any] = {"sets": sets, "root": root, "progress": progress}
-    if retune:
-        kw["select"] = "first"
+    bases = list(dict.fromkeys(m.replace(MG, "", 1) for m in models))
+    total = len(fractions) * len(models) * len(seeds) + (0 if retune else len(bases))
+    with tqdm(
+        total=total, desc=f"cold-start on {dataset.name}", unit="run", disable=not progress
+    ) as bar:
+        kw: dict[str, Any] = {"sets": sets, "root": root, "bar": bar}
+        if retune:
+            kw.update(grid=grid, select="first")
+        else:  # each model's selection on the full training data
+            full = compare(dataset, spec, bases, seeds[:1], grid=grid, **kw)
+            kw["fixed"] = {label: runs[0]["params"] for label, runs in full.items()}
         return {
-            f: compare(reduced(dataset, f, subsample_seed), spec, models, seeds, grid=grid, **kw)
+            f: compare(reduced(dataset, f, subsample_seed), spec, models, seeds, **kw)
             for f in fractions
         }
-    bases = list(dict.fromkeys(m.replace(MG, "", 1) for m in models))
-    full = compare(dataset, spec, bases, seeds[:1], grid=grid, **kw)
-    fixed = {label: runs[0]["params"] for label, runs in full.items()}
-    return {
-        f: compare(reduced(dataset, f, subsample_seed), spec, models, seeds, fixed=fixed, **kw)
-        for f in fractions
-    }

@@ -60,6 +60,7 @@ def compare(
     root: str | Path = "runs/experiments/cache",
     progress: bool = True,
     fixed: Mapping[str, Mapping[str, Any]] | None = None,
+    bar: tqdm | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Train (or read from the cache) every model label for every seed.
 
@@ -79,6 +80,8 @@ def compare(
         root: Run cache (runs are keyed by resolved configuration and data fingerprint).
         progress: Show a runs-done / total bar with its ETA.
         fixed: Label (without ``+mg``) -> parameters to train instead of searching.
+        bar: A progress bar to advance by one per run (an experiment made of several
+            ``compare`` calls shows one bar for all); by default, one of this call's own.
 
     Returns:
         label -> the results of its runs, in seed order.
@@ -101,22 +104,28 @@ def compare(
 
     todo = [(label, seed) for label in models for seed in seeds]
     results: dict[str, list[dict[str, Any]]] = {label: [] for label in models}
-    bar = tqdm(todo, desc=f"compare on {dataset.name}", unit="run", disable=not progress)
-    for label, seed in bar:
-        bar.set_postfix_str(f"{label} seed {seed}")
+    own = bar is None
+    if bar is None:
+        bar = tqdm(total=len(todo), desc=dataset.name, unit="run", disable=not progress)
+    for label, seed in todo:
+        bar.set_postfix_str(f"{dataset.name}: {label} seed {seed}")
         model, overrides, mg = parse_label(label)
         run_sets = [*sets, *overrides]
         base = label.replace(MG, "", 1)
         params = selection(base, seed, run_sets)  # searches (cached) where it must
         if not mg and (base, seed) in searched:  # this run is the search itself
-            results[label].append(searched[base, seed])
-            continue
-        extra = {"params": dict(params), "search": {}}
-        if mg:
-            extra["train"] = {"mirror_gradient": True}
-        no_search = [kv for kv in run_sets if not kv.startswith("search.")]
-        config = resolve_run_config(model, spec, sets=no_search, seed=seed, extra=extra)
-        results[label].append(cached_run(_quiet(config), dataset, root))
+            out = searched[base, seed]
+        else:
+            extra = {"params": dict(params), "search": {}}
+            if mg:
+                extra["train"] = {"mirror_gradient": True}
+            no_search = [kv for kv in run_sets if not kv.startswith("search.")]
+            config = resolve_run_config(model, spec, sets=no_search, seed=seed, extra=extra)
+            out = cached_run(_quiet(config), dataset, root)
+        results[label].append(out)
+        bar.update()
+    if own:
+        bar.close()
     return results
 
 
