@@ -60,12 +60,37 @@ def to_torch_sparse(m: sp.spmatrix) -> torch.Tensor:
         )
 
 
+class _SymmetricSpMM(torch.autograd.Function):
+    """``adj @ x`` for a symmetric sparse ``adj``, whose backward is ``adj @ grad``.
+
+    torch's own backward of a CSR product forms ``adj^T`` at every call (a sort and an index
+    conversion over all non-zeros); for the symmetric normalised graphs of the LightGCN
+    family ``adj^T`` is ``adj``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.adj = adj
+        return torch.sparse.mm(adj, x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:  # type: ignore[override]
+        return None, torch.sparse.mm(ctx.adj, grad)
+
+
+def symmetric_spmm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``adj @ x`` with gradient to ``x`` only; ``adj`` must be symmetric (not checked: the
+    callers pass ``checked_bipartite_adjacency``'s D^-1/2 A D^-1/2)."""
+    return _SymmetricSpMM.apply(adj, x)
+
+
 def propagate_mean(adj: torch.Tensor, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """LightGCN propagation: mean of E, AE, A^2E, ..., A^L E. (N, d) -> (N, d)."""
+    """LightGCN propagation: mean of E, AE, A^2E, ..., A^L E. (N, d) -> (N, d); ``adj``
+    symmetric (``symmetric_spmm``)."""
     out = ego
     layer = ego
     for _ in range(n_layers):
-        layer = torch.sparse.mm(adj, layer)
+        layer = symmetric_spmm(adj, layer)
         out = out + layer
     return out / (n_layers + 1)
 

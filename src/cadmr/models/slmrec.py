@@ -68,6 +68,7 @@ from cadmr.models.layers import (
     checked_bipartite_adjacency,
     feature_tensor,
     propagate_mean,
+    symmetric_spmm,
 )
 from cadmr.models.sampling import PairBatch, PairSampler
 
@@ -91,7 +92,7 @@ def propagate_dropout(
     out = ego
     layer = ego
     for _ in range(n_layers):
-        layer = F.dropout(torch.sparse.mm(adj, layer), p=p, training=True)
+        layer = F.dropout(symmetric_spmm(adj, layer), p=p, training=True)
         out = out + layer
     return out / (n_layers + 1)
 
