@@ -461,8 +461,13 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/experiments/{dataset.name}/{args.experiment}")
     seeds = range(args.seeds)
     grid = "none" if args.no_tune else args.grid
-    common = {"seeds": seeds, "grid": grid, "sets": args.sets, "root": args.cache}
-    common["progress"] = not args.quiet
+    common = {
+        "seeds": seeds,
+        "grid": grid,
+        "sets": args.sets,
+        "root": args.cache,
+        "progress": not args.quiet,
+    }
     how = {
         "none": "defaults",
         "published": "each model's published grid searched on validation",

@@ -206,7 +206,7 @@ class LocalKernelLayer(nn.Module):
         nn.init.xavier_uniform_(self.weight)
         nn.init.normal_(self.u, std=1e-3)
         nn.init.normal_(self.v, std=1e-3)
-        self._shared: torch.Tensor | object | None = None  # see shared_kernels
+        self._shared: tuple[torch.Tensor, ...] | object | None = None  # see shared_kernels
 
     def kernel(self) -> torch.Tensor:
         """(n_in, n_out) kernel k (for inspection; training uses ``weighted``)."""
