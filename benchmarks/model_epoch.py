@@ -12,7 +12,9 @@ the whole epoch: the warm-up step plus every other batch), times one full evalua
 the validation split (every user ranked against every item), and reports the process's peak
 resident memory. The first line states the machine: cores, torch threads and the measured
 fp32 matmul GFLOP/s. FLOPs per epoch are one step's matrix-product FLOPs (sparse products
-counted by their non-zeros; ``_machine.flop_counter``) times the batches per epoch, so
+counted by their non-zeros; ``_machine.flop_counter``), measured on the second batch (the
+first carries per-epoch work such as LATTICE's graph rebuild, which the timing leaves out
+too), times the batches per epoch, so
 "achieved GFLOP/s" reads directly against the machine's matmul speed. Models that need
 features are skipped on data without any.
 """
@@ -60,8 +62,9 @@ def measure(spec: str, name: str, max_batches: int, threads: int, out: mp.Queue)
             model.train()
             batches = list(model.batches(np.random.default_rng(0), config.train.batch_size))
 
-            with flop_counter() as counter:
-                step(model, optimizer, batches[0])  # also the warm-up
+            step(model, optimizer, batches[0])  # warm-up; LATTICE rebuilds its graph here
+            with flop_counter() as counter:  # a batch like every other of the epoch
+                step(model, optimizer, batches[1] if len(batches) > 1 else batches[0])
             timed = (batches[1 : 1 + max_batches] if max_batches else batches[1:]) or batches[:1]
             t0 = time.perf_counter()
             for batch in timed:
