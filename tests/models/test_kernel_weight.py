@@ -55,7 +55,7 @@ def test_unused_outputs_get_no_gradient_contribution():
         torch.testing.assert_close(a.grad, b.grad)
 
 
-def test_layer_shares_one_fused_pass_per_step():
+def test_layer_shares_one_fused_pass_per_step(monkeypatch):
     layer = LocalKernelLayer(6, 4)
     calls = []
     real = KernelWeight.apply
@@ -64,11 +64,8 @@ def test_layer_shares_one_fused_pass_per_step():
         calls.append(1)
         return real(*args)
 
-    KernelWeight.apply = counting  # type: ignore[method-assign]
-    try:
-        with layers.shared_kernels([layer]):
-            layer(torch.ones(2, 6))
-            layer.penalties()
-        assert len(calls) == 1
-    finally:
-        KernelWeight.apply = real  # type: ignore[method-assign]
+    monkeypatch.setattr(KernelWeight, "apply", counting)
+    with layers.shared_kernels([layer]):
+        layer(torch.ones(2, 6))
+        layer.penalties()
+    assert len(calls) == 1
