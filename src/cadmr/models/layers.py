@@ -105,10 +105,22 @@ def local_kernel(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     Returns:
         (n_in, n_out) kernel values in [0, 1].
     """
-    # 1 - ||u||^2 - ||v||^2 + 2 u.v in one addmm (differentiable at distance 0, unlike cdist);
     # the upper clamp only removes rounding above 1 where the distance is ~0
-    base = 1.0 - u.pow(2).sum(1, keepdim=True) - v.pow(2).sum(1)  # (n_in, n_out) broadcast
-    return torch.addmm(base, u, v.T, alpha=2.0).clamp_(0.0, 1.0)
+    u_aug, v_aug_t = _kernel_factors(u, v)
+    return (u_aug @ v_aug_t).clamp_(0.0, 1.0)
+
+
+def _kernel_factors(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_in, d + 2) and (d + 2, n_out) factors whose product is the kernel before clamping,
+    ``1 - |u_i|^2 - |v_j|^2 + 2 u_i.v_j`` (differentiable at distance 0, unlike cdist).
+
+    One plain matrix product: ``addmm`` with the broadcast ``1 - |u|^2 - |v|^2`` as its base
+    ran 10x slower per element on a (524, 500) block, and the right factor is stored
+    transposed because a product with a skinny row-major (n_out, d) operand is 4x slower.
+    """
+    u_aug = torch.cat([u, u.pow(2).sum(1, keepdim=True), torch.ones_like(u[:, :1])], dim=1)
+    v_aug = torch.cat([2.0 * v, -torch.ones_like(v[:, :1]), 1.0 - v.pow(2).sum(1, keepdim=True)], 1)
+    return u_aug, v_aug.T.contiguous()
 
 
 # elements of one (rows x n_out) block of the fused kernel pass: 1 MiB of float32, so a
@@ -124,8 +136,10 @@ class KernelWeight(torch.autograd.Function):
     catalogue these elementwise passes, not the matrix products, dominated the step. Here
     forward and backward each walk the matrix once, in row blocks of
     ``KERNEL_BLOCK_ELEMENTS``, recomputing the kernel in backward instead of storing it.
-    Gradients are the composed ops' (clamp passes gradient on ``0 <= pre <= 1`` as
-    ``torch.clamp`` does); tests compare both and run gradcheck.
+    Gradients are the composed ops' except exactly on the clamp's bounds (``pre`` = 0 or 1),
+    where this passes none and ``torch.clamp`` passes all: ``hardtanh_backward`` masks in one
+    pass where the comparisons took eight times as long. Tests compare both and run
+    gradcheck; docs/scaling.md has the timings.
     """
 
     @staticmethod
@@ -150,22 +164,27 @@ class KernelWeight(torch.autograd.Function):
         g_sq_k: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         weight, u, v = ctx.saved_tensors
-        two_gw = 2.0 * (g_sq_w if g_sq_w is not None else weight.new_zeros(()))
-        two_gk = 2.0 * (g_sq_k if g_sq_k is not None else weight.new_zeros(()))
+        two_gw = 2.0 * float(g_sq_w) if g_sq_w is not None else 0.0
+        two_gk = 2.0 * float(g_sq_k) if g_sq_k is not None else 0.0
+        d = u.shape[1]
         d_weight = torch.empty_like(weight)
         d_u = torch.empty_like(u)
-        v_acc = torch.zeros_like(v)  # sum_i a_ij u_i
-        col_sum = v.new_zeros(v.shape[0])  # sum_i a_ij
+        # with a column of ones, one product gives a @ v and a's row sums (for d_u), and
+        # another v_acc = sum_i a_ij u_i and a's column sums (for d_v); the operands are laid
+        # out as (d + 1, n) rows, the fast orientation (see _kernel_factors)
+        v1_t = torch.cat([v.detach(), torch.ones_like(v[:, :1])], dim=1).T.contiguous()
+        u1_t = torch.cat([u.detach(), torch.ones_like(u[:, :1])], dim=1).T.contiguous()
+        acc = v.new_zeros(d + 1, v.shape[0])  # rows: v_acc^T, then the column sums
         for i, j, k, pre in _kernel_blocks(u, v):
             w = weight[i:j]
             g = g_out[i:j] if g_out is not None else torch.zeros_like(w)
-            torch.addcmul(two_gw * w, g, k, out=d_weight[i:j])
+            torch.mul(w, two_gw, out=d_weight[i:j]).addcmul_(g, k)
             # a = dL/dpre, where pre = 1 - |u_i|^2 - |v_j|^2 + 2 u_i.v_j
-            a = torch.addcmul(two_gk * k, g, w).mul_((pre >= 0) & (pre <= 1))
-            d_u[i:j] = 2.0 * (a @ v - u[i:j] * a.sum(1, keepdim=True))
-            v_acc.addmm_(a.T, u[i:j])
-            col_sum += a.sum(0)
-        d_v = 2.0 * (v_acc - v * col_sum[:, None])
+            a = torch.ops.aten.hardtanh_backward(torch.mul(k, two_gk).addcmul_(g, w), pre, 0, 1)
+            av = a @ v1_t.T  # (rows, d + 1): a @ v, then the row sums
+            d_u[i:j] = 2.0 * (av[:, :d] - u[i:j] * av[:, d:])
+            acc.addmm_(u1_t[:, i:j], a)
+        d_v = 2.0 * (acc[:d].T - v * acc[d, :, None])
         return d_weight, d_u, d_v
 
 
@@ -173,13 +192,11 @@ def _kernel_blocks(
     u: torch.Tensor, v: torch.Tensor
 ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
     """(start, stop, kernel rows, pre-clamp rows) of ``local_kernel(u, v)`` by row blocks."""
-    u, v = u.detach(), v.detach()
+    u_aug, v_aug_t = _kernel_factors(u.detach(), v.detach())
     rows = max(1, KERNEL_BLOCK_ELEMENTS // max(1, v.shape[0]))
-    v_sq = v.pow(2).sum(1)
-    u_sq = u.pow(2).sum(1, keepdim=True)
     for i in range(0, u.shape[0], rows):
         j = min(i + rows, u.shape[0])
-        pre = torch.addmm(1.0 - u_sq[i:j] - v_sq, u[i:j], v.T, alpha=2.0)
+        pre = u_aug[i:j] @ v_aug_t
         yield i, j, pre.clamp(0.0, 1.0), pre
 
 
