@@ -60,6 +60,25 @@ def test_extractor_is_layernorm_linear_act_dropout_twice():
     assert ext(torch.randn(5, 10)).shape == (5, 6)
 
 
+def test_extractor_folds_the_layernorm_into_the_linear_on_constant_features():
+    torch.manual_seed(0)
+    ext = ModalityExtractor(10, 12, 6, "gelu", 0.0).double()
+    with torch.no_grad():  # a trained, non-identity affine map
+        ext[0].weight.uniform_(0.5, 1.5)
+        ext[0].bias.normal_()
+    x = torch.randn(7, 10, dtype=torch.float64)
+    grads = []
+    for inp in (x, x.clone().requires_grad_()):  # folded, then torch's own Sequential
+        ext.zero_grad()
+        out = ext(inp)
+        (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in ext.parameters()]))
+    (folded, g_folded), (plain, g_plain) = grads
+    torch.testing.assert_close(folded, plain, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_folded, g_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_shapes_for_any_modalities(data):
     model = ready(data)
     codes = model.modality_codes()
