@@ -141,3 +141,21 @@ def test_symmetric_spmm_gradient_equals_torchs():
         out = out + layer
     (out / 4 * w).sum().backward()
     torch.testing.assert_close(mine.grad, ref.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_constant_csr_product_gradient_equals_torchs(dtype):
+    from cadmr.models.layers import sparse_mm, to_torch_sparse
+
+    rng = np.random.default_rng(0)
+    dense = (rng.random((6, 40)) < 0.1) * rng.random((6, 40))  # some empty rows and columns
+    a = to_torch_sparse(sp.csr_matrix(dense))
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    g = torch.randn(6, 5, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    mine, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = sparse_mm(a.to(dtype), mine)
+    (out * g).sum().backward()
+    (torch.sparse.mm(a.to(dtype), ref) * g).sum().backward()
+    torch.testing.assert_close(out, torch.sparse.mm(a.to(dtype), x))
+    torch.testing.assert_close(mine.grad, ref.grad)
+    assert mine.grad.dtype == dtype

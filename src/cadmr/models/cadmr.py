@@ -55,7 +55,7 @@ from torch import nn
 from cadmr.data.leakage import LeakageGuard
 from cadmr.models.disentangle import TC_ESTIMATORS
 from cadmr.models.kernel_ae import ItemBatch, KernelAE, KernelAEParams, paper_adam
-from cadmr.models.layers import shared_kernels, to_torch_sparse
+from cadmr.models.layers import shared_kernels, sparse_mm, to_torch_sparse
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -198,9 +198,7 @@ class RatingCrossAttention(nn.Module):
 
     def project_query(self, rows: torch.Tensor) -> torch.Tensor:
         """Q = R_rows W_q + b (optionally layer-normalised): (B, U) sparse or dense -> (B, l)."""
-        out = (
-            torch.sparse.mm(rows, self.query) if rows.layout != torch.strided else rows @ self.query
-        )
+        out = sparse_mm(rows, self.query) if rows.layout != torch.strided else rows @ self.query
         return self.query_norm(out + self.query_bias)
 
     def project_key(self, fused: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,34 @@ def to_torch_sparse(m: sp.spmatrix) -> torch.Tensor:
         )
 
 
+class _ConstantCSRMatMul(torch.autograd.Function):
+    """``a @ x`` for a constant torch CSR ``a``; backward computes ``a^T @ grad`` with scipy
+    on ``a``'s own arrays. torch transposes the CSR matrix for that product: 40 ms for a
+    (64, 19,445) batch of item rows against a 500-wide gradient, where scipy takes 4."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.a = a
+        return torch.sparse.mm(a, x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:  # type: ignore[override]
+        a = ctx.a
+        a_sp = sp.csr_matrix(
+            (a.values().numpy(), a.col_indices().numpy(), a.crow_indices().numpy()),
+            shape=tuple(a.shape),
+        )
+        return None, torch.from_numpy(np.asarray(a_sp.T @ grad.contiguous().numpy())).to(grad.dtype)
+
+
+def sparse_mm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``a @ x`` for a sparse ``a`` (CSR or COO) and dense ``x``; a constant CSR ``a`` (data,
+    not a parameter) takes the fast backward of ``_ConstantCSRMatMul``."""
+    if a.layout == torch.sparse_csr and not a.requires_grad and x.requires_grad:
+        return _ConstantCSRMatMul.apply(a, x)
+    return torch.sparse.mm(a, x)
+
+
 class _SymmetricSpMM(torch.autograd.Function):
     """``adj @ x`` for a symmetric sparse ``adj``, whose backward is ``adj @ grad``.
 
@@ -245,7 +273,7 @@ class LocalKernelLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ (W * k) + b``: (B, n_in) dense or torch sparse (CSR/COO) -> (B, n_out)."""
         w = self.effective_weight()
-        out = torch.sparse.mm(x, w) if x.layout != torch.strided else x @ w
+        out = sparse_mm(x, w) if x.layout != torch.strided else x @ w
         return out + self.bias
 
     def forward_columns(self, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
