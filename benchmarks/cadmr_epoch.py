@@ -27,11 +27,12 @@ from _machine import flop_counter, machine_line, peak_rss_gib
 from cadmr.data import LeakageGuard
 from cadmr.data.sources import resolve_dataset
 from cadmr.train.resolve import resolve_run_config
-from cadmr.train.trainer import build_model, make_optimizer
+from cadmr.train.trainer import build_model, make_optimizer, retain_freed_memory
 
 
 def measure(spec: str, phase: str, batch_size: int, max_batches: int, threads: int, out: mp.Queue):
     torch.set_num_threads(threads)
+    retain_freed_memory()  # as the trainer does
     dataset = resolve_dataset(spec)
     config = resolve_run_config("cadmr", spec, extra={"train": {"batch_size": batch_size}})
     model = build_model(config, config.params, dataset)

@@ -35,7 +35,7 @@ from cadmr.data.sources import resolve_dataset
 from cadmr.eval.protocol import evaluate
 from cadmr.models import MODELS, ClosedFormRecommender
 from cadmr.train.resolve import resolve_run_config
-from cadmr.train.trainer import build_model, make_optimizer
+from cadmr.train.trainer import build_model, make_optimizer, retain_freed_memory
 
 
 def step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: object) -> None:
@@ -46,6 +46,7 @@ def step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: object
 
 def measure(spec: str, name: str, max_batches: int, threads: int, out: mp.Queue) -> None:
     torch.set_num_threads(threads)
+    retain_freed_memory()  # as the trainer does
     dataset = resolve_dataset(spec)
     config = resolve_run_config(name, spec)
     model = build_model(config, config.params, dataset)

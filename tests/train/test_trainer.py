@@ -325,3 +325,15 @@ def test_a_learning_rate_parameter_overrides_the_training_one(model_lr, expected
     model = torch.nn.Linear(2, 2)
     model.params = SimpleNamespace(learning_rate=model_lr)
     assert make_optimizer(model, TrainConfig(learning_rate=0.5)).param_groups[0]["lr"] == expected
+
+
+def test_retain_freed_memory_applies_on_glibc_and_can_be_switched_off(monkeypatch):
+    import platform
+
+    from cadmr.train.trainer import retain_freed_memory
+
+    monkeypatch.setenv("CADMR_RETAIN_FREED_MEMORY", "0")
+    assert retain_freed_memory() is False
+    monkeypatch.delenv("CADMR_RETAIN_FREED_MEMORY")
+    if platform.libc_ver()[0] == "glibc":
+        assert retain_freed_memory() is True

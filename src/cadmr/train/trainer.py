@@ -19,6 +19,7 @@ finished trials.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import math
@@ -59,6 +60,30 @@ def set_threads(n: int) -> int:
     n = n or len(os.sched_getaffinity(0))
     torch.set_num_threads(n)
     return n
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def retain_freed_memory() -> bool:
+    """Keep memory that the process frees for its own reuse instead of returning it to the
+    OS (glibc only; ``CADMR_RETAIN_FREED_MEMORY=0`` opts out). Returns whether it applied.
+
+    glibc maps every allocation above 32 MiB afresh and unmaps it on free, so each training
+    step's weight-sized tensors (CADMR's kernel-weighted matrices and their gradients) are
+    page-faulted in again; on this project's virtual machines a first touch costs about 6
+    us per 4 KiB page, a third of a CADMR pretraining step at Baby size. Served from the
+    heap and kept there, the same blocks are reused step after step (docs/scaling.md: the
+    epoch times and peak memory with and without).
+    """
+    if os.environ.get("CADMR_RETAIN_FREED_MEMORY", "1") == "0":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def build_model(
@@ -465,6 +490,7 @@ def _run(
     atomic_write_text(cfg_path, cfg_text)
     log = _Log(out_dir / "train.log", echo)
     threads = set_threads(config.train.num_threads)
+    retain_freed_memory()
     log(
         f"{config.model} on {dataset.name} ({dataset.n_users} users, {dataset.n_items} items, "
         f"{dataset.train.nnz} train interactions), seed {config.seed}, {threads} threads"
