@@ -77,6 +77,10 @@ def test_extractor_folds_the_layernorm_into_the_linear_on_constant_features():
     torch.testing.assert_close(folded, plain, rtol=1e-12, atol=1e-12)
     for a, b in zip(g_folded, g_plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ext(x), folded)  # the kept normalisation of x
+    x.mul_(2.0)  # changed in place: normalised again (layer norm is scale-invariant...)
+    x.add_(torch.arange(10, dtype=x.dtype))  # (...but not shift-invariant per column)
+    torch.testing.assert_close(ext(x), ext(x.clone()))
 
 
 def test_shapes_for_any_modalities(data):

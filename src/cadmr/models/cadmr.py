@@ -150,17 +150,25 @@ class ModalityExtractor(nn.Sequential):
             act(),
             nn.Dropout(dropout),
         )
+        self._normalized: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, d_in) -> (N, d_out). On constant features (no gradient wanted for ``x``) the
         LayerNorm's affine map is folded into the first Linear, ``(x_hat * g + b) W^T + c =
         x_hat (W * g)^T + (W b + c)``, so backward needs only the weight-side product and no
         (N, d_in) input gradient: with 4,096-d image features that product was a fifth of a
-        fine-tuning step. Same function and parameters either way."""
+        fine-tuning step. Same function and parameters either way. The parameter-free part,
+        ``x_hat``, is kept for the last input seen (fine-tuning passes the same full feature
+        matrix every step; one copy of it in memory)."""
         norm, first = self[0], self[1]
         if x.requires_grad:
             return super().forward(x)
-        x_hat = F.layer_norm(x, norm.normalized_shape, eps=norm.eps)
+        cached = self._normalized
+        if cached is not None and cached[0] is x and cached[1] == x._version:
+            x_hat = cached[2]
+        else:
+            x_hat = F.layer_norm(x, norm.normalized_shape, eps=norm.eps)
+            self._normalized = (x, x._version, x_hat)
         h = F.linear(
             x_hat, first.weight * norm.weight, torch.addmv(first.bias, first.weight, norm.bias)
         )
