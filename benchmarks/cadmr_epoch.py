@@ -8,9 +8,10 @@ For each dataset, phase (pretrain, finetune) and item batch size, a fresh proces
 the dataset and a default CADMR, times ``--max-batches`` training steps after one warm-up
 step and extrapolates to a full epoch (exact when the epoch has no more batches), counts
 the matrix-product FLOPs of one step (``_machine.flop_counter``: sparse products by their
-non-zeros), and reports the peak
-resident memory of that process. The first lines state the machine: cores, torch threads
-and the measured fp32 matmul GFLOP/s, so each row can be read against the machine's limit.
+non-zeros), measures the machine's fp32 matmul GFLOP/s in that process right after, and
+reports the dense-FLOP time (FLOPs / that rate), the epoch's multiple of it, and the peak
+resident memory of that process; a last table sums the two phases into CADMR's epoch.
+The first line states the machine: cores, torch threads and the fp32 matmul GFLOP/s.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 
 import numpy as np
 import torch
-from _machine import flop_counter, machine_line, peak_rss_gib
+from _machine import flop_counter, machine_line, matmul_gflops, peak_rss_gib
 
 from cadmr.data import LeakageGuard
 from cadmr.data.sources import resolve_dataset
@@ -59,6 +60,7 @@ def measure(spec: str, phase: str, batch_size: int, max_batches: int, threads: i
     epoch_flops = step_flops / len(batches[0].items) * dataset.n_items
     out.put(
         {
+            "machine_gflops": matmul_gflops(),
             "dataset": dataset.name,
             "size": f"{dataset.n_users}x{dataset.n_items}",
             "phase": phase,
@@ -85,10 +87,12 @@ def main() -> None:
     print()
     print(
         "| dataset | users x items | phase | item batch | batches/epoch | s/epoch | "
-        "GFLOP/epoch | achieved GFLOP/s | peak RSS GiB |"
+        "GFLOP/epoch | achieved GFLOP/s | machine GFLOP/s | dense-FLOP s | x dense | "
+        "peak RSS GiB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     ctx = mp.get_context("spawn")
+    epochs: dict[tuple[str, int], list[tuple[float, float]]] = {}
     for spec in args.datasets:
         for phase in ("pretrain", "finetune"):
             for batch_size in args.batch_sizes:
@@ -106,12 +110,23 @@ def main() -> None:
                     continue
                 r = queue.get()
                 extrapolated = "" if r["timed"] + 1 >= r["batches"] else "*"
+                dense_s = r["gflop"] / r["machine_gflops"]
+                epochs.setdefault((r["dataset"], batch_size), []).append((r["epoch_s"], dense_s))
                 print(
                     f"| {r['dataset']} | {r['size']} | {r['phase']} | {r['batch']} | "
                     f"{r['batches']} | {r['epoch_s']:.1f}{extrapolated} | {r['gflop']:.0f} | "
-                    f"{r['gflops']:.1f} | {r['peak_gib']:.2f} |",
+                    f"{r['gflops']:.1f} | {r['machine_gflops']:.0f} | {dense_s:.1f} | "
+                    f"{r['epoch_s'] / dense_s:.2f} | {r['peak_gib']:.2f} |",
                     flush=True,
                 )
+    print()
+    print("| dataset | item batch | epoch s (pretrain + finetune) | dense-FLOP s | x dense |")
+    print("|---|---|---|---|---|")
+    for (name, batch_size), phases in epochs.items():
+        if len(phases) == 2:
+            epoch_s, dense_s = (sum(p[i] for p in phases) for i in (0, 1))
+            ratio = epoch_s / dense_s
+            print(f"| {name} | {batch_size} | {epoch_s:.1f} | {dense_s:.1f} | {ratio:.2f} |")
     print()
     print(f"* extrapolated from {args.max_batches} timed steps after one warm-up step")
 
