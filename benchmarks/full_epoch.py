@@ -1,0 +1,98 @@
+"""One whole training epoch per model, through the CLI a user runs, with peak memory.
+
+Usage:
+    python benchmarks/full_epoch.py [--dataset synthetic-elec] [--models bpr lightgcn ...] \
+        [--threads 2] [--limit-gib 24] [--set train.batch_size=4096 ...]
+
+For each model, ``cadmr train -m MODEL -d DATASET --set train.epochs=1`` runs in its own
+process with the model's default parameters: it sets the model up, trains one full epoch
+(per phase, for CADMR), ranks every validation user against every item, then every test
+user, and writes its checkpoint. The table reports the trainer's own seconds per epoch and
+per evaluation (``results.json``), the process's wall time and peak resident memory (from
+``wait4``, so each row is that model's process alone), whether that peak stays within
+``--limit-gib``, and the test Recall@20 after one epoch (a sanity value, not a result). The
+first line states the machine: cores, torch threads and the measured fp32 matmul GFLOP/s.
+Nothing is extrapolated here; ``model_epoch.py`` gives quick extrapolated timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _machine import machine_line
+
+from cadmr.models import MODELS
+
+
+def run(model: str, dataset: str, threads: int, extra: list[str]) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"full-epoch-{model}-") as tmp:
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "cadmr.cli", "train", "-m", model, "-d", dataset]
+        cmd += ["--set", "train.epochs=1", "--set", f"train.num_threads={threads}"]
+        for setting in extra:
+            cmd += ["--set", setting]
+        cmd += ["--quiet", "--out", str(out)]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        code = os.waitstatus_to_exitcode(status)
+        row = {"model": model, "wall_s": wall, "peak_gib": usage.ru_maxrss / 2**20, "exit": code}
+        if code != 0:
+            row["error"] = (err.strip().splitlines() or ["?"])[-1]
+            return row
+        results = json.loads((out / "results.json").read_text())
+    phases = results.get("phases") or [results]
+    row["epoch_s"] = " + ".join(f"{p['seconds_per_epoch']:.1f}" for p in phases)
+    row["eval_s"] = results["eval_seconds"]
+    row["recall20"] = results["test"]["recall@20"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="synthetic-elec")
+    parser.add_argument("--models", nargs="+", default=sorted(MODELS))
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--limit-gib", type=float, default=24.0)
+    parser.add_argument(
+        "--set", dest="extra", action="append", default=[], help="extra setting for every run"
+    )
+    args = parser.parse_args()
+
+    print(machine_line(args.threads))
+    print()
+    print(
+        f"| dataset | model | s/epoch (per phase) | eval s (valid) | wall s | peak RSS GiB | "
+        f"within {args.limit_gib:g} GiB | test R@20 after 1 epoch |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for model in args.models:
+        r = run(model, args.dataset, args.threads, args.extra)
+        within = "yes" if r["peak_gib"] <= args.limit_gib else "**no**"
+        if r["exit"] != 0:
+            print(
+                f"| {args.dataset} | {model} | failed (exit {r['exit']}: {r['error']}) | | "
+                f"{r['wall_s']:.0f} | {r['peak_gib']:.2f} | {within} | |",
+                flush=True,
+            )
+            continue
+        print(
+            f"| {args.dataset} | {model} | {r['epoch_s']} | {r['eval_s']:.1f} | "
+            f"{r['wall_s']:.0f} | {r['peak_gib']:.2f} | {within} | {r['recall20']:.4f} |",
+            flush=True,
+        )
+    if args.extra:
+        print(f"\nsettings: {' '.join(args.extra)}")
+
+
+if __name__ == "__main__":
+    main()
