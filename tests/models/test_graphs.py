@@ -159,3 +159,24 @@ def test_constant_csr_product_gradient_equals_torchs(dtype):
     torch.testing.assert_close(out, torch.sparse.mm(a.to(dtype), x))
     torch.testing.assert_close(mine.grad, ref.grad)
     assert mine.grad.dtype == dtype
+
+
+@pytest.mark.parametrize("chunk", [3, 1 << 18])
+def test_learned_graph_product_gradients_equal_torchs(monkeypatch, chunk):
+    import cadmr.models.layers as layers
+
+    monkeypatch.setattr(layers, "GRAPH_GRAD_CHUNK", chunk)
+    gen = torch.Generator().manual_seed(0)
+    indices = torch.tensor([[0, 0, 1, 3, 3, 4], [1, 4, 2, 0, 3, 4]])
+    values = torch.rand(6, generator=gen, dtype=torch.float64)
+    x = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    g = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    results = []
+    for product in (layers.learned_graph_mm, torch.sparse.mm):
+        v, h = values.clone().requires_grad_(), x.clone().requires_grad_()
+        graph = torch.sparse_coo_tensor(indices, 2.0 * v, (5, 5)).coalesce()
+        out = product(graph, h)
+        (out * g).sum().backward()
+        results.append((out.detach(), v.grad, h.grad))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)

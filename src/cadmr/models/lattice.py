@@ -64,6 +64,7 @@ from cadmr.models.layers import (
     checked_bipartite_adjacency,
     feature_tensor,
     l2_per_example,
+    learned_graph_mm,
     propagate_mean,
 )
 from cadmr.models.sampling import TripletBatch
@@ -217,7 +218,7 @@ class LATTICE(CachedEmbeddingScores, BPRMF):
         users, items = out[: self.n_users], out[self.n_users :]
         h = self.item_emb  # (I, d)
         for _ in range(self.params.n_layers):
-            h = torch.sparse.mm(item_graph, h)
+            h = learned_graph_mm(item_graph, h)
         return users, items + F.normalize(h, dim=1)
 
     def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[TripletBatch]:
