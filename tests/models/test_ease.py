@@ -58,3 +58,30 @@ def test_large_catalogues_solve_in_float32_without_a_cached_gram(monkeypatch):
 def test_bad_dtype_is_a_clear_error():
     with pytest.raises(ValueError, match="dtype must be auto, float32 or float64"):
         EASEParams(dtype="float16")
+
+
+def test_lapack_runs_with_one_blas_thread(monkeypatch):
+    """OpenBLAS's threaded potrf segfaults on large Gram matrices (docs/scaling.md)."""
+    from threadpoolctl import threadpool_info
+
+    real = ease_mod.lapack.get_lapack_funcs
+    seen = []
+
+    def spying(names, arrays):
+        def wrap(f):
+            def call(*args, **kwargs):
+                seen.append(
+                    {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+                )
+                return f(*args, **kwargs)
+
+            return call
+
+        return tuple(wrap(f) for f in real(names, arrays))
+
+    monkeypatch.setattr(ease_mod.lapack, "get_lapack_funcs", spying)
+    x = _matrix()
+    g = gram(x, np.float64)
+    ease_weights_in_place(g, 50.0)
+    assert len(seen) == 2 and all(threads == {1} for threads in seen)
+    np.testing.assert_allclose(g, _reference(x, 50.0), atol=1e-10)

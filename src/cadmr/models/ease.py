@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.linalg import lapack
+from threadpoolctl import threadpool_limits
 
 from cadmr.models.base import ClosedFormRecommender
 from cadmr.models.layers import to_torch_sparse
@@ -73,9 +74,12 @@ def ease_weights_in_place(g: np.ndarray, reg_weight: float, block: int = BLOCK) 
     g[np.diag_indices(n)] += reg_weight
     a = g.T  # Fortran-ordered: its upper triangle is g's lower one
     potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (a,))
-    _, info = potrf(a, lower=0, overwrite_a=1, clean=0)
-    if info == 0:
-        _, info = potri(a, lower=0, overwrite_c=1)
+    # scipy's OpenBLAS (0.3.30) segfaults in its threaded potrf from about 18,000 items
+    # (float64, 2 threads; fine with 1: docs/scaling.md), so LAPACK runs single-threaded
+    with threadpool_limits(limits=1, user_api="blas"):
+        _, info = potrf(a, lower=0, overwrite_a=1, clean=0)
+        if info == 0:
+            _, info = potri(a, lower=0, overwrite_c=1)
     if info != 0:
         raise np.linalg.LinAlgError(f"EASE: G + lambda I is not positive definite (info {info})")
     for i in range(0, n, block):  # g's lower triangle holds P: mirror it to the upper one
