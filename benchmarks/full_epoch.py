@@ -8,8 +8,8 @@ For each model, ``cadmr train -m MODEL -d DATASET --set train.epochs=1`` runs in
 process with the model's default parameters: it sets the model up, trains one full epoch
 (per phase, for CADMR), ranks every validation user against every item, then every test
 user, and writes its checkpoint. The table reports the trainer's own seconds per epoch and
-per evaluation (``results.json``), the process's wall time and peak resident memory (from
-``wait4``, so each row is that model's process alone), whether that peak stays within
+per evaluation (``results.json``), the process's wall time and peak resident memory (its
+own VmHWM, so each row is that model's process alone), whether that peak stays within
 ``--limit-gib``, and the test Recall@20 after one epoch (a sanity value, not a result). The
 first line states the machine: cores, torch threads and the measured fp32 matmul GFLOP/s.
 Nothing is extrapolated here; ``model_epoch.py`` gives quick extrapolated timings.
@@ -30,11 +30,31 @@ from _machine import machine_line
 
 from cadmr.models import MODELS
 
+# runs the CLI and, on exit, prints its own VmHWM: the high-water mark of this process's
+# address space (ru_maxrss from wait4 would floor it at the parent's peak at fork time)
+_CLI_WITH_PEAK = """
+import atexit, sys
+def _peak():
+    with open("/proc/self/status") as f:
+        kb = [line.split()[1] for line in f if line.startswith("VmHWM:")]
+    sys.stderr.write(f"\\nVmHWM-kB {kb[0]}\\n")
+atexit.register(_peak)
+from cadmr.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _own_peak_gib(stderr: str, fallback_kib: int) -> float:
+    for line in reversed(stderr.splitlines()):
+        if line.startswith("VmHWM-kB "):
+            return int(line.split()[1]) / 2**20
+    return fallback_kib / 2**20
+
 
 def run(model: str, dataset: str, threads: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"full-epoch-{model}-") as tmp:
         out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "cadmr.cli", "train", "-m", model, "-d", dataset]
+        cmd = [sys.executable, "-c", _CLI_WITH_PEAK, "train", "-m", model, "-d", dataset]
         cmd += ["--set", "train.epochs=1", "--set", f"train.num_threads={threads}"]
         for setting in extra:
             cmd += ["--set", setting]
@@ -45,9 +65,11 @@ def run(model: str, dataset: str, threads: int, extra: list[str]) -> dict:
         wall = time.perf_counter() - t0
         err = proc.stderr.read().decode() if proc.stderr else ""
         code = os.waitstatus_to_exitcode(status)
-        row = {"model": model, "wall_s": wall, "peak_gib": usage.ru_maxrss / 2**20, "exit": code}
+        peak = _own_peak_gib(err, usage.ru_maxrss)
+        row = {"model": model, "wall_s": wall, "peak_gib": peak, "exit": code}
         if code != 0:
-            row["error"] = (err.strip().splitlines() or ["?"])[-1]
+            lines = [x for x in err.splitlines() if x.strip() and not x.startswith("VmHWM-kB")]
+            row["error"] = (lines or ["?"])[-1]
             return row
         results = json.loads((out / "results.json").read_text())
     phases = results.get("phases") or [results]
@@ -60,7 +82,7 @@ def run(model: str, dataset: str, threads: int, extra: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="synthetic-elec")
-    parser.add_argument("--models", nargs="+", default=sorted(MODELS))
+    parser.add_argument("--models", nargs="+", default=sorted(MODELS), choices=sorted(MODELS))
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--limit-gib", type=float, default=24.0)
     parser.add_argument(
