@@ -9,14 +9,14 @@ dataset and the model, times its set-up (graphs, adjacency), then for each train
 times ``--max-batches`` optimisation steps after one warm-up step and extrapolates to the
 epoch's batch count (exact when the epoch has no more batches; ``--max-batches 0`` trains
 the whole epoch: the warm-up step plus every other batch), times one full evaluation of
-the validation split (every user ranked against every item), and reports the process's peak
-resident memory. The first line states the machine: cores, torch threads and the measured
-fp32 matmul GFLOP/s. FLOPs per epoch are one step's matrix-product FLOPs (sparse products
-counted by their non-zeros; ``_machine.flop_counter``), measured on the second batch (the
-first carries per-epoch work such as LATTICE's graph rebuild, which the timing leaves out
-too), times the batches per epoch, so
-"achieved GFLOP/s" reads directly against the machine's matmul speed. Models that need
-features are skipped on data without any.
+the validation split (every user ranked against every item), and reports the process's
+peak resident memory and the fp32 matmul GFLOP/s measured in that process afterwards,
+under the load the row ran with. The first line states the machine: cores, torch threads
+and the matmul GFLOP/s at the start. FLOPs per epoch are one step's matrix-product FLOPs
+(sparse products counted by their non-zeros; ``_machine.flop_counter``), measured on the
+second batch (the first carries per-epoch work such as LATTICE's graph rebuild, which the
+timing leaves out too), times the batches per epoch, so "achieved GFLOP/s" reads directly
+against the machine's. Models that need features are skipped on data without any.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 import torch
-from _machine import flop_counter, machine_line, peak_rss_gib
+from _machine import flop_counter, machine_line, matmul_gflops, peak_rss_gib
 
 from cadmr.data import LeakageGuard
 from cadmr.data.sources import resolve_dataset
@@ -48,6 +48,9 @@ def measure(spec: str, name: str, max_batches: int, threads: int, out: mp.Queue)
     torch.set_num_threads(threads)
     retain_freed_memory()  # as the trainer does
     dataset = resolve_dataset(spec)
+    if MODELS[name].needs_features and not dataset.modalities:
+        out.put({"skipped": True})
+        return
     config = resolve_run_config(name, spec)
     model = build_model(config, config.params, dataset)
     t0 = time.perf_counter()
@@ -82,6 +85,7 @@ def measure(spec: str, name: str, max_batches: int, threads: int, out: mp.Queue)
     evaluate(model, dataset, "valid", config.eval)
     out.put(
         {
+            "machine_gflops": matmul_gflops(),  # in this process, under the same load
             "dataset": dataset.name,
             "size": f"{dataset.n_users}x{dataset.n_items}",
             "model": name,
@@ -107,15 +111,12 @@ def main() -> None:
     print()
     print(
         "| dataset | users x items | model | set-up s | per phase: s/epoch (batches) "
-        "GFLOP/epoch achieved GFLOP/s | eval s (valid) | peak RSS GiB |"
+        "GFLOP/epoch achieved GFLOP/s | eval s (valid) | peak RSS GiB | machine GFLOP/s |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     ctx = mp.get_context("spawn")
     for spec in args.datasets:
-        has_features = bool(resolve_dataset(spec).modalities)
         for name in args.models:
-            if MODELS[name].needs_features and not has_features:
-                continue
             queue = ctx.Queue()
             proc = ctx.Process(
                 target=measure, args=(spec, name, args.max_batches, args.threads, queue)
@@ -126,9 +127,12 @@ def main() -> None:
                 print(f"| {spec} | - | {name} | failed (exit {proc.exitcode}) | | | |", flush=True)
                 continue
             r = queue.get()
+            if r.get("skipped"):  # needs features the dataset does not have
+                continue
             print(
                 f"| {r['dataset']} | {r['size']} | {r['model']} | {r['setup_s']:.1f} | "
-                f"{r['epochs']} | {r['eval_s']:.1f} | {r['peak_gib']:.2f} |",
+                f"{r['epochs']} | {r['eval_s']:.1f} | {r['peak_gib']:.2f} | "
+                f"{r['machine_gflops']:.0f} |",
                 flush=True,
             )
     print()
