@@ -108,6 +108,27 @@ def test_topk_cooccurrence_matches_dense():
         np.testing.assert_array_equal(co[u, idx[u][valid]], counts[u][valid])
 
 
+@pytest.mark.parametrize("filtered", [True, False])
+def test_topk_cooccurrence_breaks_ties_by_lower_index(monkeypatch, filtered):
+    import cadmr.models.graphs as graphs
+
+    if not filtered:  # the candidate filter off: every co-occurring pair is sorted
+        monkeypatch.setattr(
+            graphs, "_top_candidates", lambda rows, cols, vals, k: (rows, cols, vals)
+        )
+    m = sp.random(60, 12, density=0.3, random_state=5, format="csr")  # few items: many ties
+    idx, counts = topk_cooccurrence(m, 4, block=16)
+    b = (m.toarray() > 0).astype(np.int64)
+    co = b @ b.T
+    for u in range(60):
+        ranked = sorted(
+            (v for v in range(60) if v != u and co[u, v] > 0), key=lambda v: (-co[u, v], v)
+        )
+        expected = (ranked + [-1] * 4)[:4]
+        np.testing.assert_array_equal(idx[u], expected)
+        np.testing.assert_array_equal(counts[u], [co[u, v] if v >= 0 else 0 for v in expected])
+
+
 def test_feature_tensor_norms_rows_and_copies():
     from cadmr.models.layers import feature_tensor
 

@@ -129,6 +129,42 @@ def normalized_knn_tensor(
     return torch.sparse_coo_tensor(indices, values, (n, n), check_invariants=False).coalesce()
 
 
+def _top_candidates(
+    rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, k: int, max_table: int = 1 << 26
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries that can be among their row's ``k`` largest counts: those at or above the
+    row's k-th largest count, found from a (rows x counts) histogram. At Electronics size a
+    block of 4,096 users co-occurs with 48.5 M (user, user) pairs of which 2.0 M survive,
+    so sorting them takes 0.5 s instead of 13 s. Counts must be small non-negative integers
+    (co-occurrence counts); a table larger than ``max_table`` skips the filter."""
+    if len(vals) == 0:
+        return rows, cols, vals
+    counts = vals.astype(np.int64)
+    width = int(counts.max()) + 1
+    n_rows = int(rows.max()) + 1
+    if n_rows * width > max_table:
+        return rows, cols, vals
+    hist = np.bincount(rows * width + counts, minlength=n_rows * width).reshape(n_rows, width)
+    at_least = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # [r, c]: entries of r with >= c
+    threshold = np.where(at_least >= k, np.arange(width), 0).max(axis=1)  # 0: keep the row
+    keep = counts >= threshold[rows]
+    return rows[keep], cols[keep], vals[keep]
+
+
+def _rank_order(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_cols: int) -> np.ndarray:
+    """Argsort by row, then larger count, then lower column: one sort of a packed int64 key
+    where it fits in 63 bits (a three-key ``lexsort`` otherwise)."""
+    if len(vals) == 0:
+        return np.zeros(0, dtype=np.int64)
+    counts = vals.astype(np.int64)
+    top = int(counts.max())
+    b_col, b_cnt = max(1, n_cols.bit_length()), max(1, top.bit_length())
+    if int(rows.max()).bit_length() + b_cnt + b_col > 63:
+        return np.lexsort((cols, -vals, rows))
+    key = (rows.astype(np.int64) << (b_cnt + b_col)) | ((top - counts) << b_col) | cols
+    return np.argsort(key, kind="stable")
+
+
 def topk_cooccurrence(
     matrix: sp.spmatrix, k: int, block: int = 4096
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -154,8 +190,8 @@ def topk_cooccurrence(
         co = sp.csr_matrix(m[start:stop] @ mt)  # (b, N) sparse
         rows = np.repeat(np.arange(stop - start), np.diff(co.indptr))
         other = co.indices != rows + start  # not one's own neighbour
-        rows, cols, vals = rows[other], co.indices[other], co.data[other]
-        order = np.lexsort((cols, -vals, rows))  # by row, most shared, lower index
+        rows, cols, vals = _top_candidates(rows[other], co.indices[other], co.data[other], k)
+        order = _rank_order(rows, cols, vals, n)  # by row, most shared, lower index
         rows, cols, vals = rows[order], cols[order], vals[order]
         first = np.searchsorted(rows, np.arange(stop - start))  # each row's first entry
         rank = np.arange(len(rows)) - first[rows]  # position within the row
