@@ -216,3 +216,20 @@ def test_global_kernel_run_has_two_phases(tmp_path):
     assert "[pretrain] epoch" in log and "[finetune] start" in log
     model, ck = load_model(results["checkpoint"], data)
     assert ck["phase"] == "finetune" and model.uses_global_kernel
+
+
+@pytest.mark.parametrize("pos_weight", [1.0, 3.0])
+def test_weighted_squared_error_equals_the_composed_formula(pos_weight):
+    from cadmr.models.kernel_ae import weighted_squared_error
+
+    gen = torch.Generator().manual_seed(0)
+    target = (torch.rand(5, 9, generator=gen, dtype=torch.float64) < 0.3).double()
+    out = torch.randn(5, 9, generator=gen, dtype=torch.float64, requires_grad=True)
+    ref_out = out.detach().clone().requires_grad_()
+    loss = weighted_squared_error(out, target, pos_weight)
+    ref = ((1.0 + (pos_weight - 1.0) * target) * (ref_out - target).pow(2)).mean()
+    (3.0 * loss).backward()
+    (3.0 * ref).backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(out.grad, ref_out.grad)
+    assert torch.autograd.gradcheck(lambda o: weighted_squared_error(o, target, pos_weight), (out,))

@@ -221,7 +221,9 @@ class RatingCrossAttention(nn.Module):
         """Attention output for the query rows: rows (B, U), fused (I, l) -> (B, l)."""
         q = self._split(self.project_query(rows))
         k, v = self._split(self.project_key(fused)), self._split(self.value(fused))
-        out = F.scaled_dot_product_attention(q, k, v)  # (heads, B, l / heads)
+        # 4-d inputs (batch of one): torch's fused CPU attention kernel takes them, 3-d ones
+        # fall back to materialising the (heads, B, I) scores (5x slower at B = 1,024)
+        out = F.scaled_dot_product_attention(q[None], k[None], v[None])[0]  # (heads, B, l / h)
         return out.transpose(0, 1).reshape(rows.shape[0], -1)
 
     def weights(self, rows: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
