@@ -85,3 +85,15 @@ def test_lapack_runs_with_one_blas_thread(monkeypatch):
     ease_weights_in_place(g, 50.0)
     assert len(seen) == 2 and all(threads == {1} for threads in seen)
     np.testing.assert_allclose(g, _reference(x, 50.0), atol=1e-10)
+
+
+def test_scores_in_row_blocks_of_the_weights_equal_one_product(monkeypatch):
+    """Electronics-size weights exceed torch's 32-bit indexing of a dense operand."""
+    x = _matrix()
+    model = EASE(EASEParams(reg_weight=50.0), x.shape[0], x.shape[1], {})
+    model.train_matrix = x
+    model.fit()
+    users = np.arange(0, 300, 3)
+    whole = model.score(users)
+    monkeypatch.setattr(ease_mod, "MAX_DENSE_ELEMENTS", 70 * 9)  # 9 rows of B per product
+    np.testing.assert_allclose(model.score(users).numpy(), whole.numpy(), rtol=1e-5, atol=1e-6)

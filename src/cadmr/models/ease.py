@@ -30,6 +30,7 @@ from cadmr.models.layers import to_torch_sparse
 # I x I matrix is all they hold (63,001 items: 14.8 GiB; float64 with a cached copy: 59 GiB)
 FLOAT64_MAX_ITEMS = 20_000
 BLOCK = 2048  # rows / columns per block of the Gram build and of the in-place passes
+MAX_DENSE_ELEMENTS = 2**31 - 1  # per sparse @ dense product in scoring (see EASE.score)
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,16 @@ class EASE(ClosedFormRecommender):
         return self
 
     def score(self, users: np.ndarray) -> torch.Tensor:
-        x = to_torch_sparse(self.train_matrix[users])  # (B, I) sparse
-        return torch.sparse.mm(x, self.weights)  # (B, I)
+        """(B, I) scores ``X_users @ B``, summed over row blocks of ``B`` of at most
+        ``MAX_DENSE_ELEMENTS``: torch's sparse @ dense product indexes its dense operand with
+        32-bit integers and segfaulted on Electronics-size weights (63,001² = 4.0e9 entries)."""
+        x = self.train_matrix[users]  # (B, I) scipy CSR
+        n_rows, n_cols = self.weights.shape
+        step = max(1, MAX_DENSE_ELEMENTS // max(1, n_cols))
+        out = torch.sparse.mm(to_torch_sparse(x[:, :step]), self.weights[:step])
+        for i in range(step, n_rows, step):  # row blocks of a C-ordered matrix are views
+            out += torch.sparse.mm(to_torch_sparse(x[:, i : i + step]), self.weights[i : i + step])
+        return out
 
     def state(self) -> dict[str, Any]:
         return {"weights": self.weights}
