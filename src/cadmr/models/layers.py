@@ -60,14 +60,6 @@ def to_torch_sparse(m: sp.spmatrix) -> torch.Tensor:
         )
 
 
-def sparse_mm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``a @ x`` for a sparse ``a`` (CSR or COO) and dense ``x``; a constant CSR ``a`` (data,
-    not a parameter) takes the fast backward of ``_ConstantSpMM``."""
-    if a.layout == torch.sparse_csr and not a.requires_grad and x.requires_grad:
-        return _ConstantSpMM.apply(a, x, False)
-    return torch.sparse.mm(a, x)
-
-
 class _LearnedGraphMM(torch.autograd.Function):
     """``A @ x`` for a COO matrix ``A`` whose values carry gradient (a learned graph).
 
@@ -140,6 +132,14 @@ class _ConstantSpMM(torch.autograd.Function):
         )
         d_x = torch.from_numpy(np.asarray(a_sp.T @ grad.contiguous().numpy()))
         return None, d_x.to(grad.dtype), None
+
+
+def sparse_mm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``a @ x`` for a sparse ``a`` (CSR or COO) and dense ``x``; a constant CSR ``a`` (data,
+    not a parameter) takes the fast backward of ``_ConstantSpMM``."""
+    if a.layout == torch.sparse_csr and not a.requires_grad and x.requires_grad:
+        return _ConstantSpMM.apply(a, x, False)
+    return torch.sparse.mm(a, x)
 
 
 def symmetric_spmm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
