@@ -83,16 +83,17 @@ def measure(spec: str, name: str, max_batches: int, threads: int, out: mp.Queue)
         model.eval()
     t0 = time.perf_counter()
     evaluate(model, dataset, "valid", config.eval)
+    eval_s = time.perf_counter() - t0
     out.put(
         {
-            "machine_gflops": matmul_gflops(),  # in this process, under the same load
             "dataset": dataset.name,
             "size": f"{dataset.n_users}x{dataset.n_items}",
             "model": name,
             "setup_s": setup_s,
             "epochs": "; ".join(epochs) or "closed form",
-            "eval_s": time.perf_counter() - t0,
+            "eval_s": eval_s,
             "peak_gib": peak_rss_gib(),
+            "machine_gflops": matmul_gflops(),  # in this process, under the same load
         }
     )
 
