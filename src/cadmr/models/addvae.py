@@ -240,10 +240,75 @@ def macrid_kl(logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logvar.exp() - logvar - 1.0).sum(dim=(1, 2)).mean()
 
 
+# elements of one (K, B, items) block of the fused decoder: 1 MiB of float32, so a block's
+# logits, their log-sum-exp and, in backward, the concept posteriors stay in cache
+MIXTURE_BLOCK_ELEMENTS = 1 << 18
+
+
+class _MixtureLogits(torch.autograd.Function):
+    """``log sum_k exp(z_k . e_i / tau + log_c_ik)`` over item blocks, never forming the
+    (K, B, I) logits.
+
+    Composed from torch ops, the decoder wrote the K concept logits of every (user, item)
+    and walked them some ten times (scale, add, log-sum-exp, and each op's backward): at
+    Electronics size 516 MB per decoder and step, two decoders, which made the elementwise
+    passes, not the products, most of an ADDVAE step. Here forward and backward walk the
+    items in blocks of ``MIXTURE_BLOCK_ELEMENTS`` (K, B, items) entries, and backward
+    recomputes a block's logits (one more product) instead of storing them. The gradient
+    of ``out[b, i]`` with respect to the logit of concept k is the concept posterior
+    ``p_kbi = exp(logit_kbi - out_bi)``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, z: torch.Tensor, items: torch.Tensor, log_c: torch.Tensor, tau: float
+    ) -> torch.Tensor:
+        zt = z.detach().transpose(0, 1).contiguous()  # (K, B, d)
+        scaled = items.detach() / tau  # (I, d)
+        log_ct = log_c.detach().T.contiguous()  # (K, I)
+        out = zt.new_empty(zt.shape[1], scaled.shape[0])  # (B, I)
+        for i, j, logits in _mixture_blocks(zt, scaled, log_ct):
+            torch.logsumexp(logits, dim=0, out=out[:, i:j])
+        ctx.save_for_backward(zt, scaled, log_ct, out)
+        ctx.tau = tau
+        return out
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+        zt, scaled, log_ct, out = ctx.saved_tensors
+        n_concepts, _, dim = zt.shape
+        d_zt = torch.zeros_like(zt)  # (K, B, d)
+        d_scaled = torch.empty_like(scaled)  # (I, d)
+        d_log_ct = torch.empty_like(log_ct)  # (K, I)
+        for i, j, logits in _mixture_blocks(zt, scaled, log_ct):
+            # a_kbi = grad_bi * p_kbi: the gradient of logit_kbi
+            a = logits.sub_(out[None, :, i:j]).exp_().mul_(grad[None, :, i:j])
+            d_zt.baddbmm_(a, scaled[i:j].expand(n_concepts, -1, -1))
+            # sum_k a_k^T z_k as one product over the (K * B) rows
+            torch.mm(a.reshape(-1, j - i).T, zt.reshape(-1, dim), out=d_scaled[i:j])
+            torch.sum(a, dim=1, out=d_log_ct[:, i:j])
+        return d_zt.transpose(0, 1), d_scaled / ctx.tau, d_log_ct.T, None
+
+
+def _mixture_blocks(
+    zt: torch.Tensor, scaled: torch.Tensor, log_ct: torch.Tensor
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(start, stop, concept logits (K, B, stop - start)) of the items by column blocks."""
+    n_concepts, n_users, _ = zt.shape
+    cols = max(1, MIXTURE_BLOCK_ELEMENTS // max(1, n_concepts * n_users))
+    for i in range(0, scaled.shape[0], cols):
+        j = min(i + cols, scaled.shape[0])
+        logits = torch.baddbmm(log_ct[:, None, i:j], zt, scaled[i:j].T.expand(n_concepts, -1, -1))
+        yield i, j, logits
+
+
 def mixture_logits(
     z: torch.Tensor, items: torch.Tensor, log_c: torch.Tensor, tau: float
 ) -> torch.Tensor:
-    """MacridVAE decoder: log sum_k c_ik exp(z_k . e_i / tau) -> (B, I).
+    """MacridVAE decoder: log sum_k c_ik exp(z_k . e_i / tau) -> (B, I), computed over item
+    blocks (``_MixtureLogits``).
 
     Args:
         z: (B, K, d) user concept vectors.
@@ -251,8 +316,7 @@ def mixture_logits(
         log_c: (I, K) log concept assignments.
         tau: Temperature.
     """
-    logits = torch.einsum("bkd,id->kbi", z, items) / tau  # (K, B, I)
-    return torch.logsumexp(logits + log_c.T[:, None, :], dim=0)  # (B, I)
+    return _MixtureLogits.apply(z, items, log_c, float(tau))
 
 
 def sparse_multinomial_nll(logits: torch.Tensor, rows: SparseRows) -> torch.Tensor:
