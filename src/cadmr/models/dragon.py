@@ -72,6 +72,7 @@ from cadmr.models.layers import (
     feature_tensor,
     l2_per_example,
     propagate_mean,
+    sparse_mm,
     to_torch_sparse,
 )
 from cadmr.models.sampling import TripletBatch, TripletSampler
@@ -262,8 +263,8 @@ class DRAGON(CachedEmbeddingScores, TorchRecommender):
         i = torch.cat(items, dim=1)  # (I, N d)
         h = i
         for _ in range(self.params.n_mm_layers):
-            h = torch.sparse.mm(self.item_adj, h)  # (I, N d)
-        return u + torch.sparse.mm(self.user_adj, u), i + h
+            h = sparse_mm(self.item_adj, h)  # (I, N d)
+        return u + sparse_mm(self.user_adj, u), i + h
 
     def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[TripletBatch]:
         return self.sampler.epoch(rng, batch_size)

@@ -62,6 +62,7 @@ from cadmr.models.layers import (
     feature_tensor,
     normalized_bipartite_adjacency,
     propagate_mean,
+    sparse_mm,
     to_torch_sparse,
 )
 from cadmr.models.sampling import TripletBatch
@@ -199,7 +200,7 @@ class FREEDOM(CachedEmbeddingScores, BPRMF):
         """Final (user (U, d), item (I, d)) embeddings over user-item graph ``adj``."""
         h = self.item_emb  # (I, d)
         for _ in range(self.params.n_mm_layers):
-            h = torch.sparse.mm(self.item_adj, h)
+            h = sparse_mm(self.item_adj, h)
         ego = torch.cat([self.user_emb, self.item_emb])  # (U + I, d)
         out = propagate_mean(adj, ego, self.params.n_ui_layers)
         return out[: self.n_users], out[self.n_users :] + h
