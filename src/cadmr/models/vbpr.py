@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from cadmr.data.leakage import LeakageGuard
+from cadmr.models.base import CachedEmbeddingScores
 from cadmr.models.bpr import BPRMF
 from cadmr.models.layers import bpr_loss, feature_tensor, l2_per_example
 from cadmr.models.sampling import TripletBatch
@@ -50,8 +51,13 @@ class VBPRParams:
             raise ValueError(f"feature_norm must be 'l2' or 'none', got {self.feature_norm!r}")
 
 
-class VBPR(BPRMF):
-    """BPR-MF's ID factors and sampler plus VBPR's content term (module docstring)."""
+class VBPR(CachedEmbeddingScores, BPRMF):
+    """BPR-MF's ID factors and sampler plus VBPR's content term (module docstring).
+
+    Scores come from embeddings computed once per round of scoring (``final_embeddings``):
+    projecting every item's features at each batch of users cost 36 GFLOP a batch at
+    Electronics size (63,001 items x 4,480 feature dims).
+    """
 
     name = "vbpr"
     params_cls = VBPRParams
@@ -112,7 +118,11 @@ class VBPR(BPRMF):
             loss = loss + p.feature_reg_weight * e
         return loss
 
-    def score(self, users: np.ndarray) -> torch.Tensor:
-        u = torch.from_numpy(np.asarray(users, dtype=np.int64))
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Users ``[gamma_u, theta_u, 1]`` and items ``[gamma_i, E f_i, beta_i + beta'.f_i]``,
+        (U, 2d + 1) and (I, 2d + 1): their dot product is eq. (2) without the cancelled
+        terms."""
         content, bias = self.item_terms()
-        return bias + self.user_emb[u] @ self.item_emb.T + self.user_content[u] @ content.T
+        ones = torch.ones(self.n_users, 1)
+        users = torch.cat([self.user_emb, self.user_content, ones], dim=1)
+        return users, torch.cat([self.item_emb, content, bias[:, None]], dim=1)
