@@ -182,6 +182,20 @@ def test_constant_csr_product_gradient_equals_torchs(dtype):
     assert mine.grad.dtype == dtype
 
 
+def test_both_transposed_products_agree():
+    """The backward's two ways to ``a^T @ x``: scipy on the CPU, the transposed COO form on
+    any other device (run here on the CPU, where both exist)."""
+    from cadmr.models.layers import _transposed_mm_scipy, _transposed_mm_torch, to_torch_sparse
+
+    rng = np.random.default_rng(2)
+    dense = (rng.random((7, 30)) < 0.15) * rng.random((7, 30))
+    a = to_torch_sparse(sp.csr_matrix(dense))
+    x = torch.randn(7, 4, generator=torch.Generator().manual_seed(0))
+    expected = torch.from_numpy(dense.T.astype(np.float32)) @ x
+    torch.testing.assert_close(_transposed_mm_scipy(a, x), expected)
+    torch.testing.assert_close(_transposed_mm_torch(a, x), expected)
+
+
 @pytest.mark.parametrize("chunk", [3, 1 << 18])
 def test_learned_graph_product_gradients_equal_torchs(monkeypatch, chunk):
     import cadmr.models.layers as layers

@@ -88,7 +88,7 @@ def evaluate(
                 batch = users[start : start + config.batch_size]
                 # (B, n_top) each; raises on a wrong score shape or a NaN score in any block
                 _, top = ranked_topk(model, batch, n_top, exclude)
-                hits = hits_matrix(top.numpy(), batch, relevant)  # (B, n_top)
+                hits = hits_matrix(top.cpu().numpy(), batch, relevant)  # (B, n_top)
                 if n_top < max(ks):
                     hits = np.pad(hits, ((0, 0), (0, max(ks) - n_top)))
                 for key, vals in ranking_metrics(hits, n_rel_all[batch], ks).items():

@@ -196,17 +196,13 @@ class SparseRows:
     n_rows: int
 
     @classmethod
-    def from_csr(cls, m: sp.csr_matrix) -> SparseRows:
-        """Flatten a (B, n_items) CSR matrix."""
+    def from_csr(cls, m: sp.csr_matrix, device: torch.device | None = None) -> SparseRows:
+        """Flatten a (B, n_items) CSR matrix, onto ``device`` (the CPU when None)."""
         indptr = m.indptr.astype(np.int64)
         rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(indptr))
-        return cls(
-            rows=torch.from_numpy(rows),
-            cols=torch.from_numpy(m.indices.astype(np.int64)),
-            vals=torch.from_numpy(m.data.astype(np.float32)),
-            starts=torch.from_numpy(indptr[:-1].copy()),
-            n_rows=m.shape[0],
-        )
+        arrays = (rows, m.indices.astype(np.int64), m.data.astype(np.float32), indptr[:-1].copy())
+        rows_t, cols, vals, starts = (torch.from_numpy(a).to(device or "cpu") for a in arrays)
+        return cls(rows=rows_t, cols=cols, vals=vals, starts=starts, n_rows=m.shape[0])
 
 
 def kl_weight(step: int, cap: float, total_steps: int) -> float:
@@ -457,7 +453,8 @@ class ConceptVAE(nn.Module):
         n, k = rows.cols.shape[0], self.n_concepts
         # one bag per (concept, user): the user's entries, repeated for each concept
         idx = rows.cols.repeat(k)  # (K * nnz,)
-        offsets = (rows.starts[None, :] + n * torch.arange(k)[:, None]).reshape(-1)  # (K*B,)
+        concepts = torch.arange(k, device=rows.starts.device)
+        offsets = (rows.starts[None, :] + n * concepts[:, None]).reshape(-1)  # (K*B,)
         table = self.first_weight if self.first_proj is None else features
         pooled = F.embedding_bag(
             idx, table, offsets, mode="sum", per_sample_weights=weights.T.reshape(-1)
@@ -488,7 +485,7 @@ class ConceptVAE(nn.Module):
         items, log_c = assigned
         c = log_c.exp()  # (I, K)
         w = rows.vals[:, None] * c[rows.cols]  # (nnz, K) x_u * c_k at the user's items
-        sq = torch.zeros(rows.n_rows, self.n_concepts).index_add_(0, rows.rows, w.pow(2))
+        sq = w.new_zeros(rows.n_rows, self.n_concepts).index_add_(0, rows.rows, w.pow(2))
         w = w / sq.sqrt().clamp_min(_EPS)[rows.rows]  # each (user, concept) row unit length
         w = F.dropout(w, self.dropout, training=stochastic)
         h = self.rest(self.first_layer(rows, w, features))  # (B, K, 2d)
@@ -590,7 +587,7 @@ class ADDVAE(TorchRecommender):
 
     def user_rows(self, users: np.ndarray) -> SparseRows:
         """The training rows of ``users`` (B,) as flat sparse tensors."""
-        return SparseRows.from_csr(self.rows[np.asarray(users, dtype=np.int64)])
+        return SparseRows.from_csr(self.rows[np.asarray(users, dtype=np.int64)], self.device)
 
     def combine(
         self, rating: torch.Tensor, content: torch.Tensor

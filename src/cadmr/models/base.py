@@ -19,7 +19,9 @@ is ranked by streaming item blocks, never forming a dense (B, n_items) score mat
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,8 +35,9 @@ from cadmr.data.leakage import LeakageGuard
 def mask_rows(scores: torch.Tensor, users: np.ndarray, exclude: sp.csr_matrix) -> torch.Tensor:
     """Set ``scores[b, i] = -inf`` where ``exclude[users[b], i]`` is non-zero (in place)."""
     sub = exclude[users]  # (B, n_items) sparse
-    rows = np.repeat(np.arange(len(users)), np.diff(sub.indptr))
-    scores[torch.from_numpy(rows), torch.from_numpy(sub.indices.astype(np.int64))] = -torch.inf
+    rows = torch.from_numpy(np.repeat(np.arange(len(users)), np.diff(sub.indptr)))
+    cols = torch.from_numpy(sub.indices.astype(np.int64))
+    scores[rows.to(scores.device), cols.to(scores.device)] = -torch.inf
     return scores
 
 
@@ -220,9 +223,9 @@ class Recommender(abc.ABC):
         self.prepare_scoring()
         exclude = self.train_matrix if exclude_seen else None
         values, items = ranked_topk(self, users, k, exclude)
-        items = items.numpy().copy()
-        items[np.isneginf(values.numpy())] = -1
-        return items, values.numpy()
+        values, items = values.cpu().numpy(), items.cpu().numpy().copy()
+        items[np.isneginf(values)] = -1
+        return items, values
 
     @abc.abstractmethod
     def state(self) -> dict[str, Any]:
@@ -241,14 +244,86 @@ class ClosedFormRecommender(Recommender):
         """Fit on the matrix given to ``setup``; returns self."""
 
 
+# attributes every nn.Module has (its parameters, buffers, children, hooks): _apply leaves
+# them to nn.Module
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+
+
+def _map_tensors(
+    value: Any, fn: Callable[[torch.Tensor], torch.Tensor], memo: dict[int, torch.Tensor]
+) -> Any:
+    """``value`` with ``fn`` applied to every tensor in it: a tensor, or a dict, list, tuple
+    or dataclass instance holding tensors (nested). A tensor met twice maps to one result
+    (``memo``, by identity), so aliases stay aliases; a parameter is left alone (nn.Module
+    moves it in place); a value holding no tensor comes back as the same object."""
+    if isinstance(value, nn.Parameter):
+        return value
+    if isinstance(value, torch.Tensor):
+        if id(value) not in memo:
+            memo[id(value)] = fn(value)
+        return memo[id(value)]
+    if type(value) is dict:
+        mapped = {k: _map_tensors(v, fn, memo) for k, v in value.items()}
+        return value if all(mapped[k] is v for k, v in value.items()) else mapped
+    if type(value) in (list, tuple):
+        seq = [_map_tensors(v, fn, memo) for v in value]
+        return value if all(a is b for a, b in zip(seq, value, strict=True)) else type(value)(seq)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        mapped = {k: _map_tensors(v, fn, memo) for k, v in fields.items()}
+        if all(mapped[k] is v for k, v in fields.items()):
+            return value
+        return dataclasses.replace(value, **mapped)
+    return value
+
+
+def batch_to(batch: Any, device: torch.device) -> Any:
+    """A training batch (a dataclass of (B, ...) tensors and arrays) with its tensors on
+    ``device``; NumPy arrays stay where they are (models slice scipy matrices with them)."""
+    if device.type == "cpu":
+        return batch
+    return _map_tensors(batch, lambda t: t.to(device), {})
+
+
 class TorchRecommender(nn.Module, Recommender):
-    """A model trained by gradient steps in the generic trainer."""
+    """A model trained by gradient steps in the generic trainer.
+
+    ``model.to(device)`` moves everything the model holds, not only its parameters and
+    buffers: the constants that ``setup`` derives from the data (graphs, feature matrices)
+    are plain tensor attributes, possibly in dicts, lists, tuples or dataclasses, of the
+    model or of its submodules, and ``_apply`` maps them too. Code that makes a tensor from
+    data at a step (an index array, a batch of rows) puts it on ``self.device``.
+    """
 
     def __init__(
         self, params: Any, n_users: int, n_items: int, feature_dims: Mapping[str, int]
     ) -> None:
         nn.Module.__init__(self)
         Recommender.__init__(self, params, n_users, n_items, feature_dims)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are (the CPU for a model without any)."""
+        first = next(itertools.chain(self.parameters(), self.buffers()), None)
+        return torch.device("cpu") if first is None else first.device
+
+    def tensor(self, array: Any) -> torch.Tensor:
+        """``array`` (NumPy, a sequence, or a tensor) as a tensor on ``self.device``; a NumPy
+        array shares its memory when the model is on the CPU."""
+        t = torch.from_numpy(array) if isinstance(array, np.ndarray) else torch.as_tensor(array)
+        return t.to(self.device)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True):  # type: ignore[override]
+        super()._apply(fn, recurse)
+        memo: dict[int, torch.Tensor] = {}
+        for module in self.modules() if recurse else (self,):
+            for name, value in list(vars(module).items()):
+                if name in _MODULE_INTERNALS:
+                    continue
+                mapped = _map_tensors(value, fn, memo)
+                if mapped is not value:
+                    object.__setattr__(module, name, mapped)
+        return self
 
     def phases(self) -> tuple[str, ...]:
         """Names of the training phases, run in this order by the trainer, each with a fresh
@@ -268,7 +343,8 @@ class TorchRecommender(nn.Module, Recommender):
         """Scalar training loss of one batch."""
 
     def state(self) -> dict[str, Any]:
-        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+        """The state dict, copied to the CPU (checkpoints load on any machine)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.state_dict().items()}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         self.load_state_dict(dict(state))
@@ -298,7 +374,7 @@ class CachedEmbeddingScores:
         if self._final is None:
             self.prepare_scoring()
         u, i = self._final
-        return u[torch.from_numpy(np.asarray(users, dtype=np.int64))] @ i.T  # (B, n_items)
+        return u[torch.from_numpy(np.asarray(users, dtype=np.int64)).to(u.device)] @ i.T
 
     def train(self, mode: bool = True):
         self._final = None

@@ -73,4 +73,4 @@ class BPRMF(TorchRecommender):
         return ranking + self.params.reg_weight * l2_per_example(u, p, n)
 
     def score(self, users: np.ndarray) -> torch.Tensor:
-        return self.user_emb[torch.from_numpy(users)] @ self.item_emb.T  # (B, n_items)
+        return self.user_emb[self.tensor(users)] @ self.item_emb.T  # (B, n_items)

@@ -152,6 +152,10 @@ class ModalityExtractor(nn.Sequential):
         )
         self._normalized: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
+    def _apply(self, fn: Any, recurse: bool = True):  # type: ignore[override]
+        self._normalized = None  # keyed by the input tensor, which moves with the model
+        return super()._apply(fn, recurse)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, d_in) -> (N, d_out). On constant features (no gradient wanted for ``x``) the
         LayerNorm's affine map is folded into the first Linear, ``(x_hat * g + b) W^T + c =
@@ -346,7 +350,7 @@ class CADMR(KernelAE):
     ) -> dict[str, torch.Tensor]:
         """h_m of eq. (1) per modality, (N, modality_dim); all items when ``items`` is None."""
         features = self.features if features is None else features
-        index = None if items is None else torch.from_numpy(np.asarray(items, dtype=np.int64))
+        index = None if items is None else self.tensor(np.asarray(items, dtype=np.int64))
         return {
             m: self.extractors[m](features[m] if index is None else features[m][index])
             for m in self.modalities
@@ -359,14 +363,15 @@ class CADMR(KernelAE):
     def total_correlation(self, codes: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Sum over modalities of the TC penalty of h_m (eq. (2), sign per docs/CADMR.md)."""
         estimator = TC_ESTIMATORS[self.params.tc_estimator]
-        return sum((estimator(codes[m]) for m in self.modalities), torch.zeros(()))
+        zero = torch.zeros((), device=self.device)
+        return sum((estimator(codes[m]) for m in self.modalities), zero)
 
     def context(self, items: np.ndarray, fused: torch.Tensor) -> torch.Tensor:
         """What the FFN maps back to U for ``items``: the cross-attention output over all
         items, or (without CA) the item's own value vector; (B, latent_dim)."""
         if self.params.use_attention:
-            return self.attention(to_torch_sparse(self.query_rows[items]), fused)
-        index = torch.from_numpy(np.asarray(items, dtype=np.int64))
+            return self.attention(to_torch_sparse(self.query_rows[items], self.device), fused)
+        index = self.tensor(np.asarray(items, dtype=np.int64))
         return self.attention.value(fused[index])
 
     def refine(self, items: np.ndarray, fused: torch.Tensor) -> torch.Tensor:
@@ -374,7 +379,7 @@ class CADMR(KernelAE):
         delta = self.ffn(self.context(items, fused))
         if self.params.refine == "replace":
             return delta
-        return torch.from_numpy(self.item_user[items].toarray()) + delta
+        return self.tensor(self.item_user[items].toarray()) + delta
 
     # ----------------------------------------------------------------- training
 
@@ -395,7 +400,7 @@ class CADMR(KernelAE):
     def _pretrain_loss(self, items: np.ndarray) -> torch.Tensor:
         """Autoencoder loss (exactly kernel_ae's) + the extractors' objective and TC."""
         p = self.params
-        code = self.encode(to_torch_sparse(self.item_user[items]))
+        code = self.encode(to_torch_sparse(self.item_user[items], self.device))
         loss = (
             self.reconstruction_loss(self.decoder(code), self.target_rows(items)) + self.penalty()
         )
@@ -404,9 +409,7 @@ class CADMR(KernelAE):
             loss = loss + F.mse_loss(self.align_head(self.fuse(codes)), code.detach())
         elif p.extractor_objective == "reconstruct":
             for m in self.modalities:
-                target = F.layer_norm(
-                    self.features[m][torch.from_numpy(items)], (self.feature_dims[m],)
-                )
+                target = F.layer_norm(self.features[m][self.tensor(items)], (self.feature_dims[m],))
                 loss = loss + F.mse_loss(self.reconstruct_heads[m](codes[m]), target)
         if p.tc_weight > 0 and len(items) > 1:
             loss = loss + p.tc_weight * self.total_correlation(codes)
@@ -454,7 +457,7 @@ class CADMR(KernelAE):
         self.eval()
         try:
             fused = self.fuse(self.modality_codes())
-            rows = to_torch_sparse(self.query_rows[np.asarray(items, dtype=np.int64)])
+            rows = to_torch_sparse(self.query_rows[np.asarray(items, dtype=np.int64)], self.device)
             return self.attention.weights(rows, fused)
         finally:
             self.train(was_training)
@@ -520,7 +523,7 @@ class CADMR(KernelAE):
 
     def _score_occlusion(self, user: int, items: np.ndarray) -> dict[str, float]:
         self.eval()
-        cols = torch.tensor([user])
+        cols = self.tensor([user])
 
         def scores(features: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
             fused = self.fuse(self.modality_codes(features=features))

@@ -194,7 +194,7 @@ class FREEDOM(CachedEmbeddingScores, BPRMF):
             (np.ones(len(keep), dtype=np.float32), (self.edge_users[keep], self.edge_items[keep])),
             shape=(self.n_users, self.n_items),
         )
-        return to_torch_sparse(normalized_bipartite_adjacency(kept))
+        return to_torch_sparse(normalized_bipartite_adjacency(kept), self.device)
 
     def propagate(self, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Final (user (U, d), item (I, d)) embeddings over user-item graph ``adj``."""

@@ -78,8 +78,8 @@ def knn_neighbours(
     x = F.normalize(_as_tensor(features), dim=1)  # (N, d)
     n = x.shape[0]
     k = min(k, n)
-    idx = torch.empty(n, k, dtype=torch.int64)
-    sims = torch.empty(n, k, dtype=torch.float32)
+    idx = torch.empty(n, k, dtype=torch.int64, device=x.device)
+    sims = torch.empty(n, k, dtype=torch.float32, device=x.device)
     for start in range(0, n, block):
         stop = min(start + block, n)
         s, i = torch.topk(x[start:stop] @ x.T, k, dim=1)  # (b, N) -> (b, k)
@@ -102,7 +102,7 @@ def knn_graph(
             (FREEDOM, DRAGON).
         block: Rows per similarity block.
     """
-    idx, sims = knn_neighbours(features, k, block)
+    idx, sims = (t.cpu() for t in knn_neighbours(features, k, block))
     n, kk = idx.shape
     data = sims.numpy().ravel() if weighted else np.ones(n * kk, dtype=np.float32)
     rows = np.repeat(np.arange(n), kk)
@@ -121,7 +121,7 @@ def normalized_knn_tensor(
     idx, _ = knn_neighbours(features.detach(), k, block)  # (N, k)
     n, kk = idx.shape
     x = F.normalize(features, dim=1)
-    rows = torch.arange(n).repeat_interleave(kk)
+    rows = torch.arange(n, device=idx.device).repeat_interleave(kk)
     cols = idx.reshape(-1)
     values = (x[rows] * x[cols]).sum(1)  # (N k,) cosine, with gradient
     values = sym_normalize_values(rows, cols, values, n)

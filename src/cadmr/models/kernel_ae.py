@@ -184,7 +184,7 @@ class KernelAE(TorchRecommender):
         blocks = []
         for start in range(0, self.n_items, SCORING_BLOCK):
             rows = self.item_user[start : start + SCORING_BLOCK]
-            blocks.append(self(to_torch_sparse(rows)).mean(dim=1))
+            blocks.append(self(to_torch_sparse(rows, self.device)).mean(dim=1))
         return torch.cat(blocks)
 
     def global_kernel(self) -> torch.Tensor:
@@ -201,11 +201,9 @@ class KernelAE(TorchRecommender):
         offsets = np.arange(-half, half + 1)
         rows = items[:, None] + offsets  # (B, g) neighbouring item indices
         valid = (rows >= 0) & (rows < self.n_items)
-        dense = torch.from_numpy(
-            self.item_user[np.clip(rows, 0, self.n_items - 1).ravel()].toarray()
-        )
+        dense = self.tensor(self.item_user[np.clip(rows, 0, self.n_items - 1).ravel()].toarray())
         dense = dense.view(len(items), len(offsets), self.n_users)
-        dense = dense * torch.from_numpy(valid)[:, :, None]
+        dense = dense * self.tensor(valid)[:, :, None]
         out = F.conv2d(dense[:, None], self.global_kernel()[None, None], padding=(0, half))
         return torch.relu(out[:, 0, 0])  # (B, n_users)
 
@@ -214,7 +212,7 @@ class KernelAE(TorchRecommender):
         convolution in the global-kernel phase; (B, n_users)."""
         if self.uses_global_kernel:
             return self.global_conv_rows(items)
-        return to_torch_sparse(self.item_user[items])
+        return to_torch_sparse(self.item_user[items], self.device)
 
     def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[ItemBatch]:
         self._hidden = None  # parameters will change
@@ -226,14 +224,14 @@ class KernelAE(TorchRecommender):
 
     def target_rows(self, items: np.ndarray) -> torch.Tensor:
         """Reconstruction target: the dense training rows of ``items``, (B, n_users)."""
-        return torch.from_numpy(self.item_user[items].toarray())
+        return self.tensor(self.item_user[items].toarray())
 
     def penalty(self) -> torch.Tensor:
         """lambda_2/2 * sum W^2 + lambda_s/2 * sum k^2 over all layers, divided by the number
         of terms of the data loss over the whole matrix (module docstring)."""
         p = self.params
         n_terms = self.n_items * (self.n_users if p.loss == "mse" else 1)
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.device)
         for layer in self.kernel_layers():
             weight, kernel = layer.penalties()  # the global kernel map is not penalised
             total = total + p.lambda_2 * weight + p.lambda_s * kernel
@@ -271,7 +269,7 @@ class KernelAE(TorchRecommender):
         """Reconstructed R[start:stop, users], transposed: (B, stop - start)."""
         if self._hidden is None:
             self.prepare_scoring()
-        cols = torch.from_numpy(np.asarray(users, dtype=np.int64))
+        cols = self.tensor(np.asarray(users, dtype=np.int64))
         out = self.decoder.forward_columns(self._hidden[start:stop], cols)  # (items, B)
         return out.T.contiguous()
 

@@ -164,7 +164,7 @@ class LATTICE(CachedEmbeddingScores, BPRMF):
     def modality_weights(self) -> torch.Tensor:
         """(M,) softmax weights of the modalities, in sorted name order."""
         if self.modal_logits is None:
-            return torch.ones(1)
+            return torch.ones(1, device=self.device)
         return torch.softmax(self.modal_logits, dim=0)
 
     def learned_graph(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,7 +183,7 @@ class LATTICE(CachedEmbeddingScores, BPRMF):
             z = self.projections[m](self.features[m])  # (I, d')
             nbr, _ = knn_neighbours(z.detach(), k)  # (I, k), the choice is not differentiable
             kk = nbr.shape[1]
-            r = torch.arange(self.n_items).repeat_interleave(kk)  # (I k,)
+            r = torch.arange(self.n_items, device=nbr.device).repeat_interleave(kk)  # (I k,)
             c = nbr.reshape(-1)
             zn = F.normalize(z, dim=1)
             rows.append(r)

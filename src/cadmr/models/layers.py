@@ -46,18 +46,20 @@ def checked_bipartite_adjacency(
     return to_torch_sparse(guard.check(adj, f"{owner} adjacency", layout="bipartite"))
 
 
-def to_torch_sparse(m: sp.spmatrix) -> torch.Tensor:
-    """scipy sparse -> torch sparse CSR float32 tensor (fast CPU sparse x dense products)."""
+def to_torch_sparse(m: sp.spmatrix, device: torch.device | str | None = None) -> torch.Tensor:
+    """scipy sparse -> torch sparse CSR float32 tensor (fast CPU sparse x dense products), on
+    ``device`` (the CPU when None)."""
     m = sp.csr_matrix(m, dtype=np.float32)
     with warnings.catch_warnings():  # "sparse CSR support is in beta": we rely on mm only
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(
+        t = torch.sparse_csr_tensor(
             torch.from_numpy(m.indptr.astype(np.int64)),
             torch.from_numpy(m.indices.astype(np.int64)),
             torch.from_numpy(m.data),
             size=m.shape,
             check_invariants=False,
         )
+        return t if device is None else t.to(device)
 
 
 class _LearnedGraphMM(torch.autograd.Function):
@@ -113,7 +115,8 @@ class _ConstantSpMM(torch.autograd.Function):
     torch's own backward forms ``a^T`` at every call (a sort and an index conversion over all
     non-zeros): 40 ms for a (64, 19,445) batch of item rows against a 500-wide gradient.
     Here ``a^T @ grad`` is ``a @ grad`` for a symmetric ``a`` (the normalised graphs of the
-    LightGCN family), else scipy's transposed product on ``a``'s own arrays (4 ms).
+    LightGCN family), else scipy's transposed product on ``a``'s own arrays (4 ms) on the
+    CPU, and torch's product with the transposed COO form on another device.
     """
 
     @staticmethod
@@ -126,12 +129,23 @@ class _ConstantSpMM(torch.autograd.Function):
         a = ctx.a
         if ctx.symmetric:
             return None, torch.sparse.mm(a, grad), None
-        a_sp = sp.csr_matrix(
-            (a.values().numpy(), a.col_indices().numpy(), a.crow_indices().numpy()),
-            shape=tuple(a.shape),
-        )
-        d_x = torch.from_numpy(np.asarray(a_sp.T @ grad.contiguous().numpy()))
-        return None, d_x.to(grad.dtype), None
+        if a.device.type == "cpu":
+            return None, _transposed_mm_scipy(a, grad), None
+        return None, _transposed_mm_torch(a, grad), None  # no scipy on another device
+
+
+def _transposed_mm_scipy(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``a^T @ x`` for a CPU CSR ``a``: scipy's product on ``a``'s own arrays, no transpose."""
+    a_sp = sp.csr_matrix(
+        (a.values().numpy(), a.col_indices().numpy(), a.crow_indices().numpy()),
+        shape=tuple(a.shape),
+    )
+    return torch.from_numpy(np.asarray(a_sp.T @ x.contiguous().numpy())).to(x.dtype)
+
+
+def _transposed_mm_torch(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``a^T @ x`` for a CSR ``a`` on any device, through its transposed COO form."""
+    return torch.sparse.mm(a.to_sparse_coo().t(), x)
 
 
 def sparse_mm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -123,6 +123,6 @@ class VBPR(CachedEmbeddingScores, BPRMF):
         (U, 2d + 1) and (I, 2d + 1): their dot product is eq. (2) without the cancelled
         terms."""
         content, bias = self.item_terms()
-        ones = torch.ones(self.n_users, 1)
+        ones = torch.ones(self.n_users, 1, device=self.device)
         users = torch.cat([self.user_emb, self.user_content, ones], dim=1)
         return users, torch.cat([self.item_emb, content, bias[:, None]], dim=1)
