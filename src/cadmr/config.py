@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -40,6 +41,9 @@ class TrainConfig:
         patience: Evaluations without improvement of the validation metric before stopping.
         eval_every: Evaluate on the validation split every this many epochs.
         num_threads: torch intra-op threads; 0 means one per available core.
+        device: Where gradient-trained models train and score: "cpu", "cuda", "cuda:N", or
+            "auto" (the GPU when torch sees one). Closed-form models (pop, EASE) always fit
+            on the CPU. Under torchrun, "cuda" and "auto" take each rank's local GPU.
         progress: Show progress bars.
         mirror_gradient: Train with Mirror Gradient (Zhong et al., WWW'24), any gradient-trained
             model: every ``mirror_interval``-th batch takes a step on ``mirror_alpha1 x loss``,
@@ -56,6 +60,7 @@ class TrainConfig:
     patience: int = 20
     eval_every: int = 1
     num_threads: int = 0
+    device: str = "cpu"
     progress: bool = True
     mirror_gradient: bool = False
     mirror_alpha1: float = 1.0
@@ -70,6 +75,10 @@ class TrainConfig:
             raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate}")
         if self.num_threads < 0:
             raise ConfigError(f"train.num_threads must be >= 0, got {self.num_threads}")
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
+            raise ConfigError(
+                f"train.device must be cpu, cuda, cuda:N or auto, got {self.device!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import torch
 from cadmr.data import Dataset, LeakageError, LeakageGuard
 from cadmr.eval.protocol import evaluate
 from cadmr.models import MODELS, ClosedFormRecommender, TorchRecommender
+from cadmr.models.base import batch_to
 from cadmr.train import resolve_run_config, run
 from cadmr.train.trainer import build_model, load_model
 
@@ -205,6 +206,76 @@ def test_checkpoint_round_trip(name, board, tmp_path):
     assert evaluate(model, board, "test", cfg.eval) == results["test"]
 
 
+def _held_tensors(root: object) -> dict[int, torch.Tensor]:
+    """Every tensor reachable from ``root`` through attributes (of modules, and of this
+    package's own objects: samplers, batches), dicts, lists, tuples and sets, except
+    parameters and what nn.Module itself keeps (parameters, buffers, children)."""
+    found: dict[int, torch.Tensor] = {}
+    seen: set[int] = set()
+    internals = set(vars(torch.nn.Module()))
+
+    def walk(value: object) -> None:
+        if id(value) in seen or isinstance(value, torch.nn.Parameter):
+            return
+        seen.add(id(value))
+        if isinstance(value, torch.Tensor):
+            found[id(value)] = value
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            for v in value:
+                walk(v)
+        elif isinstance(value, torch.nn.Module):
+            for name, v in vars(value).items():
+                if name not in internals:
+                    walk(v)
+            for child in value.children():
+                walk(child)
+        elif type(value).__module__.startswith("cadmr") and hasattr(value, "__dict__"):
+            for v in vars(value).values():
+                walk(v)
+
+    walk(root)
+    return found
+
+
+@pytest.mark.parametrize("name", TORCH)
+def test_moving_the_model_moves_every_tensor_it_holds(name, board):
+    """``model.to(device)`` must reach the constants ``setup`` built and the caches that
+    training and scoring fill, or a GPU run mixes devices. Checked with the conversion that
+    ``.to`` uses, here a copy on the CPU: afterwards no tensor the model held before is still
+    held; the buffers come back too; tensors that were one object stay one object."""
+    model = _ready(name, board)
+    model.train()
+    model.loss(next(iter(model.batches(np.random.default_rng(0), 64))))  # fills training caches
+    model.eval()
+    model.prepare_scoring()  # fills scoring caches
+    before = _held_tensors(model)
+    # BPR-MF is parameters alone; any other model without a constant means the walk is blind
+    assert bool(before) == (name != "bpr"), sorted(vars(model))
+    buffers = {id(b) for b in model.buffers()}
+    model._apply(lambda t: t.clone())
+    after = _held_tensors(model)
+    assert not set(before) & set(after), [k for k, v in vars(model).items() if id(v) in after]
+    assert not buffers & {id(b) for b in model.buffers()}
+    assert len(after) <= len(before)  # aliases were not split into copies
+    model.prepare_scoring()
+    with torch.no_grad():
+        assert torch.isfinite(model.score(np.arange(3))).all()
+
+
+@pytest.mark.parametrize("name", TORCH)
+def test_state_is_a_cpu_copy(name, board):
+    model = _ready(name, board)
+    state = model.state()
+    params = dict(model.named_parameters())
+    for key, value in state.items():
+        assert value.device.type == "cpu"
+        if key in params:
+            assert value.data_ptr() != params[key].data_ptr()
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_leaked_pair_in_input_fails(name, board):
     """A validation pair placed into the matrix given to the model must stop it."""
@@ -238,3 +309,71 @@ def test_known_answer_task(name, board, tmp_path):
     own = (item_group == user_group[:, None]).mean()
     assert own >= 0.9, f"{name}: only {own:.0%} of top-5 items are in the user's own group"
     assert results["test"]["recall@5"] > 0.3
+
+
+# ---- the same contract on a GPU ------------------------------------------------------------
+# These run only where torch sees a CUDA GPU (CI has none; a session lent a GPU machine runs
+# ``pytest tests/models/test_contract.py -k gpu``). They check what a CPU run cannot: that
+# training, scoring and checkpoints work with the model on the GPU and give the CPU's numbers.
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# losses that draw from torch's generator even in eval mode (BM3's target dropout, SLMRec's
+# views): the devices' generators differ, so those losses are only checked to be finite
+RANDOM_IN_EVAL = {"bm3", "slmrec"}
+
+
+def _pair(name, board):
+    cpu = _ready(name, board)
+    gpu = _ready(name, board).to("cuda")
+    gpu.load_state(cpu.state())
+    return cpu, gpu
+
+
+@GPU
+@pytest.mark.parametrize("name", TORCH)
+def test_gpu_scores_match_the_cpu(name, board):
+    cpu, gpu = _pair(name, board)
+    users = np.arange(board.n_users)
+    for model in (cpu, gpu):
+        model.eval()
+        model.prepare_scoring()
+    with torch.no_grad():
+        on_cpu, on_gpu = cpu.score(users), gpu.score(users)
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-3, atol=1e-4)
+    items, _ = gpu.recommend(users[:5], k=5)
+    assert items.shape == (5, 5)
+
+
+@GPU
+@pytest.mark.parametrize("name", TORCH)
+def test_gpu_training_step(name, board):
+    cpu, gpu = _pair(name, board)
+    batch = next(iter(cpu.batches(np.random.default_rng(0), 64)))
+    gpu_batch = next(iter(gpu.batches(np.random.default_rng(0), 64)))
+    losses = {}
+    for model, b in ((cpu, batch), (gpu, batch_to(gpu_batch, gpu.device))):
+        model.eval()  # no dropout: the two devices draw different masks
+        loss = model.loss(b)
+        loss.backward()
+        losses[model.device.type] = loss.item()
+    assert np.isfinite(losses["cuda"])
+    if name not in RANDOM_IN_EVAL:
+        assert losses["cuda"] == pytest.approx(losses["cpu"], rel=1e-3, abs=1e-5)
+    for pname, p in gpu.named_parameters():
+        if p.grad is not None:
+            assert p.grad.device.type == "cuda", pname
+            assert torch.isfinite(p.grad).all(), pname
+
+
+@GPU
+@pytest.mark.parametrize("name", TORCH)
+def test_gpu_training_run_and_evaluation_anywhere(name, board, tmp_path):
+    cfg = _config(name, train={"epochs": 3, "device": "cuda"})
+    results = run(cfg, board, tmp_path, echo=False)
+    assert results["device"].startswith("cuda")
+    model, _ = load_model(results["checkpoint"], board, device="cuda")
+    assert evaluate(model, board, "valid", cfg.eval) == results["valid"]
+    on_cpu, _ = load_model(results["checkpoint"], board, device="cpu")
+    for key, value in evaluate(on_cpu, board, "test", cfg.eval).items():
+        assert value == pytest.approx(results["test"][key], abs=0.03), key

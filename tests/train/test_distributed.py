@@ -62,8 +62,19 @@ def _states(folder):
 
 @pytest.mark.parametrize("model", ["bpr", "lightgcn"])
 def test_two_ranks_match_one_process(model, tmp_path):
+    _two_ranks_against_one(model, SETS, tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs a GPU per rank: 2 GPUs")
+@pytest.mark.parametrize("model", ["bpr", "lightgcn"])
+def test_two_ranks_on_two_gpus_match_one_process(model, tmp_path):
+    """The same on GPUs: each rank on its LOCAL_RANK GPU, gradients all-reduced by NCCL."""
+    _two_ranks_against_one(model, [*SETS, "train.device=cuda"], tmp_path)
+
+
+def _two_ranks_against_one(model: str, sets: list[str], tmp_path) -> None:
     common = ["-m", model, "-d", "synthetic-tiny", "--quiet"]
-    for kv in SETS:
+    for kv in sets:
         common += ["--set", kv]
     assert main(["train", *common, "--out", str(tmp_path / "one")]) == 0
 

@@ -17,9 +17,15 @@ from cadmr.train import run
 def run_key(config: RunConfig, dataset: Dataset) -> str:
     """16 hex digits identifying a run: the fully resolved configuration and the dataset's
     content fingerprint. Left out: the dataset's name or path as typed, and whether progress
-    bars were shown; neither changes a result."""
+    bars were shown; neither changes a result. The device is part of the key (a GPU's
+    floating-point results differ in the last bits) unless it is the CPU."""
     cfg = {k: v for k, v in config.to_dict().items() if k != "dataset"}
-    cfg["train"] = {k: v for k, v in cfg["train"].items() if k != "progress"}
+    # the CPU, the default, is left out too, so keys from before train.device still match
+    cfg["train"] = {
+        k: v
+        for k, v in cfg["train"].items()
+        if k != "progress" and not (k == "device" and v == "cpu")
+    }
     text = yaml.safe_dump(cfg, sort_keys=True) + dataset.fingerprint()
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

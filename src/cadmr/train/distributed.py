@@ -16,8 +16,9 @@ Exactness has two limits: in-batch contrastive losses (SLMRec's InfoNCE, BM3's) 
 the rank's share as negatives, and dropout draws differ from a single process's. Both are
 still valid data-parallel training, not the single-process run to the last bit.
 
-Backend: gloo (CPU). ``CADMR_DIST_BACKEND=nccl`` selects NCCL, which needs the model's
-tensors on the GPU; the trainer keeps models on the CPU today.
+Backend: gloo where torch sees no GPU; where it sees one, gloo for CPU tensors and NCCL for
+GPU tensors (``train.device=cuda`` puts each rank on its ``LOCAL_RANK`` GPU: NCCL needs one
+GPU per rank). ``CADMR_DIST_BACKEND`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def init_from_env() -> bool:
         return dist.get_world_size() > 1
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    dist.init_process_group(os.environ.get("CADMR_DIST_BACKEND", "gloo"))
+    default = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(os.environ.get("CADMR_DIST_BACKEND") or default)
     return True
 
 

@@ -41,11 +41,13 @@ from cadmr.data.dataset import Dataset
 from cadmr.data.leakage import LeakageGuard
 from cadmr.eval.protocol import evaluate
 from cadmr.models import ClosedFormRecommender, Recommender, TorchRecommender, get_model_class
+from cadmr.models.base import batch_to
 from cadmr.train.checkpoint import (
     atomic_write_text,
     load_checkpoint,
     save_checkpoint,
 )
+from cadmr.train.device import resolve_device
 from cadmr.train.distributed import data_parallel_loss, rank_and_size
 
 HEADLINE = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
@@ -159,6 +161,8 @@ def fit_trial(
     else:
         model.params = params
     model.setup(dataset.train, dataset.features, guard)
+    if isinstance(model, TorchRecommender):  # after setup: it moves the constants too
+        model.to(resolve_device(config.train.device))
     if isinstance(model, ClosedFormRecommender):
         summary = _fit_closed_form(config, params, dataset, model, out_dir, log)
     elif isinstance(model, TorchRecommender):
@@ -243,6 +247,8 @@ def _fit_iterative(
         optimizer_state = ck["optimizer"]
         rng.bit_generator.state = ck["numpy_rng"]
         torch.set_rng_state(ck["torch_rng"])
+        if ck.get("cuda_rng") is not None and model.device.type == "cuda":
+            torch.cuda.set_rng_state(ck["cuda_rng"], model.device)
         state = {"phase": 0, "finished": [], **ck["trainer"]}
         history = ck["history"]
         atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
@@ -261,6 +267,9 @@ def _fit_iterative(
                 epoch=epoch,
                 numpy_rng=rng.bit_generator.state,
                 torch_rng=torch.get_rng_state(),
+                cuda_rng=(
+                    torch.cuda.get_rng_state(model.device) if model.device.type == "cuda" else None
+                ),
                 trainer=dict(state),
                 history=history,
             ),
@@ -399,7 +408,9 @@ def _train_epoch(
             )
         return loss
 
+    device = getattr(model, "device", torch.device("cpu"))
     for batch in bar:
+        batch = batch_to(batch, device)
         optimizer.zero_grad(set_to_none=True)
         loss = checked_loss(batch)
         if tc.mirror_gradient and n_batches % tc.mirror_interval == 0:
@@ -430,8 +441,12 @@ def make_optimizer(model: TorchRecommender, tc: TrainConfig) -> torch.optim.Opti
     return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=tc.weight_decay, fused=True)
 
 
-def load_model(checkpoint: str | Path, dataset: Dataset) -> tuple[Recommender, dict[str, Any]]:
-    """Rebuild a model from a checkpoint for ``dataset``, verifying it is the same data."""
+def load_model(
+    checkpoint: str | Path, dataset: Dataset, device: str = "cpu"
+) -> tuple[Recommender, dict[str, Any]]:
+    """Rebuild a model from a checkpoint for ``dataset``, verifying it is the same data; a
+    gradient-trained model goes to ``device`` (``train.device``'s values), wherever it was
+    trained."""
     ck = load_checkpoint(checkpoint)
     if ck.get("dataset_fingerprint") != dataset.fingerprint():
         raise ValueError(
@@ -443,6 +458,7 @@ def load_model(checkpoint: str | Path, dataset: Dataset) -> tuple[Recommender, d
     model = cls(params, dataset.n_users, dataset.n_items, dataset.modalities)
     model.setup(dataset.train, dataset.features, LeakageGuard(dataset))
     if isinstance(model, TorchRecommender):
+        model.to(resolve_device(device))
         model.start_phase(ck.get("phase") or model.phases()[-1])
     model.load_state(ck["model_state"])
     if isinstance(model, torch.nn.Module):
@@ -478,7 +494,8 @@ def _run(
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = out_dir / "config.yaml"
     cfg_text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    if resume and cfg_path.exists() and cfg_path.read_text() != cfg_text:
+    device = resolve_device(config.train.device)  # before any work: a missing GPU fails here
+    if resume and cfg_path.exists() and not _same_config(cfg_path.read_text(), config):
         raise TrainingError(
             f"{out_dir} holds a run with another configuration; resume needs the same one"
         )
@@ -494,6 +511,7 @@ def _run(
     log(
         f"{config.model} on {dataset.name} ({dataset.n_users} users, {dataset.n_items} items, "
         f"{dataset.train.nnz} train interactions), seed {config.seed}, {threads} threads"
+        + ("" if device.type == "cpu" else f", {device}")
     )
 
     trials = list(config.trials())
@@ -511,7 +529,7 @@ def _run(
     metric = config.eval.valid_metric
     best_i = max(range(len(summaries)), key=lambda j: summaries[j]["valid"][metric])
     best = summaries[best_i]
-    model, _ = load_model(best["checkpoint"], dataset)
+    model, _ = load_model(best["checkpoint"], dataset, config.train.device)
     test = evaluate(model, dataset, "test", config.eval, progress=config.train.progress)
     log(f"best epoch {best['best_epoch']} | valid {_fmt(best['valid'])} | test {_fmt(test)}")
     popularity = test if config.model == "pop" else _popularity_reference(config, dataset)
@@ -530,6 +548,12 @@ def _run(
         "eval_seconds": best["eval_seconds"],
         **{k: best[k] for k in ("phases", "selected_phase") if k in best},
         "threads": threads,
+        "device": str(device),
+        **(
+            {"gpu_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+            if device.type == "cuda"
+            else {}
+        ),
         "checkpoint": best["checkpoint"],
         "config": config.to_dict(),
         "popularity": popularity,
@@ -548,6 +572,15 @@ def _run(
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     atomic_write_text(out_dir / "results.md", results_markdown([results]))
     return results
+
+
+def _same_config(written: str, config: RunConfig) -> bool:
+    """Whether a run folder's config.yaml holds ``config``. A folder written before
+    ``train.device`` existed ran on the CPU, its default."""
+    old = yaml.safe_load(written) or {}
+    if isinstance(old.get("train"), dict):
+        old["train"].setdefault("device", "cpu")
+    return old == yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def fitted_popularity(dataset: Dataset) -> Recommender:
