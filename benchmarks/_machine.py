@@ -11,24 +11,44 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Measured fp32 GFLOP/s of an n x n matmul with the current torch threads."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def sync(device: str | torch.device = "cpu") -> None:
+    """Wait for the device's queued work (a GPU runs asynchronously), so a clock read after
+    it counts that work."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu") -> float:
+    """Measured fp32 GFLOP/s of an n x n matmul with the current torch threads (on a GPU:
+    torch's fp32 default, TF32 off)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b  # warm-up
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    sync(device)
     return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
-def machine_line(threads: int) -> str:
-    """One line: processor, cores, torch version and threads, measured fp32 GFLOP/s."""
+def machine_line(threads: int, device: str | torch.device = "cpu") -> str:
+    """One line: processor, cores, torch version and threads, measured fp32 GFLOP/s; on a
+    GPU, its name and its fp32 GFLOP/s instead."""
     torch.set_num_threads(threads)
-    return (
+    line = (
         f"machine: {platform.processor() or platform.machine()}, "
-        f"{len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, "
-        f"{threads} threads, fp32 matmul {matmul_gflops():.0f} GFLOP/s"
+        f"{len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, {threads} threads"
     )
+    device = torch.device(device)
+    if device.type == "cuda":
+        line += f", {torch.cuda.get_device_name(device)}"
+    return line + f", fp32 matmul {matmul_gflops(device=device):.0f} GFLOP/s"
+
+
+def peak_device_gib(device: str | torch.device) -> float | None:
+    """Peak memory torch allocated on a GPU so far, in GiB; None on the CPU."""
+    device = torch.device(device)
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
 def peak_rss_gib() -> float:

@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/cadmr_epoch.py [--datasets synthetic-baby lfm2k] [--threads 2]
-        [--batch-sizes 64 1024] [--max-batches 8]
+        [--batch-sizes 64 1024] [--max-batches 8] [--device cuda]
 
 For each dataset, phase (pretrain, finetune) and item batch size, a fresh process builds
 the dataset and a default CADMR, times ``--max-batches`` training steps after one warm-up
@@ -12,6 +12,8 @@ non-zeros), measures the machine's fp32 matmul GFLOP/s in that process right aft
 reports the dense-FLOP time (FLOPs / that rate), the epoch's multiple of it, and the peak
 resident memory of that process; a last table sums the two phases into CADMR's epoch.
 The first line states the machine: cores, torch threads and the fp32 matmul GFLOP/s.
+With ``--device cuda`` CADMR trains on the GPU and the rates are the GPU's (its dense-FLOP
+time is then the GPU's fp32 bound).
 """
 
 from __future__ import annotations
@@ -23,21 +25,31 @@ import time
 
 import numpy as np
 import torch
-from _machine import flop_counter, machine_line, matmul_gflops, peak_rss_gib
+from _machine import flop_counter, machine_line, matmul_gflops, peak_rss_gib, sync
 
 from cadmr.data import LeakageGuard
 from cadmr.data.sources import resolve_dataset
+from cadmr.models.base import batch_to
 from cadmr.train.resolve import resolve_run_config
 from cadmr.train.trainer import build_model, make_optimizer, retain_freed_memory
 
 
-def measure(spec: str, phase: str, batch_size: int, max_batches: int, threads: int, out: mp.Queue):
+def measure(
+    spec: str,
+    phase: str,
+    batch_size: int,
+    max_batches: int,
+    threads: int,
+    device: str,
+    out: mp.Queue,
+):
     torch.set_num_threads(threads)
     retain_freed_memory()  # as the trainer does
     dataset = resolve_dataset(spec)
     config = resolve_run_config("cadmr", spec, extra={"train": {"batch_size": batch_size}})
     model = build_model(config, config.params, dataset)
     model.setup(dataset.train, dataset.features, LeakageGuard(dataset))
+    model.to(device)
     model.start_phase(phase)
     optimizer = make_optimizer(model, config.train)
     model.train()
@@ -45,22 +57,24 @@ def measure(spec: str, phase: str, batch_size: int, max_batches: int, threads: i
 
     def step(batch) -> None:
         optimizer.zero_grad(set_to_none=True)
-        model.loss(batch).backward()
+        model.loss(batch_to(batch, model.device)).backward()
         optimizer.step()
 
     with flop_counter() as counter:
         step(batches[0])  # also the warm-up
     step_flops = counter.get_total_flops()
     timed = batches[1 : 1 + max_batches] or batches[:1]
+    sync(device)
     t0 = time.perf_counter()
     for batch in timed:
         step(batch)
+    sync(device)
     per_item = (time.perf_counter() - t0) / sum(len(b.items) for b in timed)
     epoch_s = per_item * dataset.n_items
     epoch_flops = step_flops / len(batches[0].items) * dataset.n_items
     out.put(
         {
-            "machine_gflops": matmul_gflops(),
+            "machine_gflops": matmul_gflops(device=device),
             "dataset": dataset.name,
             "size": f"{dataset.n_users}x{dataset.n_items}",
             "phase": phase,
@@ -81,9 +95,10 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 1024])
     parser.add_argument("--max-batches", type=int, default=8)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (train.device)")
     args = parser.parse_args()
 
-    print(machine_line(args.threads))
+    print(machine_line(args.threads, args.device))
     print()
     print(
         "| dataset | users x items | phase | item batch | batches/epoch | s/epoch | "
@@ -99,7 +114,15 @@ def main() -> None:
                 queue = ctx.Queue()
                 proc = ctx.Process(
                     target=measure,
-                    args=(spec, phase, batch_size, args.max_batches, args.threads, queue),
+                    args=(
+                        spec,
+                        phase,
+                        batch_size,
+                        args.max_batches,
+                        args.threads,
+                        args.device,
+                        queue,
+                    ),
                 )
                 proc.start()
                 proc.join()
