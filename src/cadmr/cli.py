@@ -43,6 +43,17 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_checkpoint_args(p: argparse.ArgumentParser, dataset_help: str) -> None:
+    """What every command that loads a checkpoint takes besides it."""
+    p.add_argument("--dataset", help=dataset_help)
+    _add_data_dir(p)
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where a gradient-trained model scores: cpu, cuda, cuda:N or auto (default cpu)",
+    )
+
+
 def _add_run_args(
     p: argparse.ArgumentParser,
     out_help: str = "output folder (default runs/<dataset>/<model>-seed<N>)",
@@ -121,16 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a checkpoint under the protocol")
     p.add_argument("checkpoint")
     p.add_argument("--split", choices=("valid", "test"), default="test")
-    p.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
-    _add_data_dir(p)
+    _add_checkpoint_args(p, "dataset to evaluate on (default: the one it was trained on)")
 
     p = sub.add_parser("recommend", help="top-k items for a user from a checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("--user", type=int, required=True, action="append", help="user id (repeatable)")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--include-seen", action="store_true", help="do not mask training items")
-    p.add_argument("--dataset", help="dataset (default: the one it was trained on)")
-    _add_data_dir(p)
+    _add_checkpoint_args(p, "dataset (default: the one it was trained on)")
 
     p = sub.add_parser("explain", help="what a CADMR checkpoint attended to for an item or a user")
     p.add_argument("checkpoint")
@@ -139,8 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--user", type=int, help="explain this user's top recommendations")
     p.add_argument("-k", type=int, default=10, help="recommendations to explain (--user)")
     p.add_argument("--top", type=int, default=10, help="attended items to list")
-    p.add_argument("--dataset", help="dataset (default: the one it was trained on)")
-    _add_data_dir(p)
+    _add_checkpoint_args(p, "dataset (default: the one it was trained on)")
 
     p = sub.add_parser("data", help="dataset utilities")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -299,7 +307,7 @@ def _load_for_checkpoint(args: argparse.Namespace):
 
     ck = load_checkpoint(args.checkpoint)
     dataset = resolve_dataset(args.dataset or ck["config"]["dataset"], args.data_dir)
-    model, ck = load_model(args.checkpoint, dataset)
+    model, ck = load_model(args.checkpoint, dataset, args.device)
     return model, ck, dataset
 
 

@@ -54,6 +54,19 @@ def test_the_cli_reports_a_missing_gpu_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "run" / "last.pt").exists()  # it failed before any work
 
 
+@NO_GPU
+@pytest.mark.parametrize("command", [["evaluate"], ["recommend", "--user", "0"]])
+def test_checkpoint_commands_take_a_device(command, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "-m", "bpr", "-d", "synthetic-tiny", "--quiet", "--out", str(out)]
+    assert main([*args, "--set", "train.epochs=1"]) == 0
+    ckpt = str(out / "best.pt")
+    assert main([command[0], ckpt, *command[1:], "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main([command[0], ckpt, *command[1:], "--device", "cuda"]) == 2
+    assert "torch sees no GPU" in capsys.readouterr().err
+
+
 def test_results_record_the_device(tiny, tmp_path):
     cfg = resolve_run_config("bpr", "synthetic-tiny", extra={"train": {"epochs": 1}})
     assert run(cfg, tiny, tmp_path, echo=False)["device"] == "cpu"
