@@ -495,6 +495,8 @@ def _run(
     cfg_path = out_dir / "config.yaml"
     cfg_text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     device = resolve_device(config.train.device)  # before any work: a missing GPU fails here
+    if device.type == "cuda":  # the current GPU too, for what NCCL runs without a tensor
+        torch.cuda.set_device(device)
     if resume and cfg_path.exists() and not _same_config(cfg_path.read_text(), config):
         raise TrainingError(
             f"{out_dir} holds a run with another configuration; resume needs the same one"
