@@ -23,10 +23,13 @@ def _composed(weight, u, v):
     return weight * k, weight.pow(2).sum(), k.pow(2).sum()
 
 
-@pytest.mark.parametrize("block", [1, 7, 1 << 18])
+@pytest.mark.parametrize(("block", "columns"), [(1, 2048), (7, 2048), (1 << 18, 2048), (20, 4)])
 @pytest.mark.parametrize(("n_in", "n_out"), [(13, 9), (4, 31)])
-def test_values_and_gradients_equal_the_composed_ops(monkeypatch, block, n_in, n_out):
+def test_values_and_gradients_equal_the_composed_ops(monkeypatch, block, columns, n_in, n_out):
+    """Every tiling: single entries, row blocks, the whole matrix, and column blocks (4
+    columns, 5 rows a tile) with ragged edges."""
     monkeypatch.setattr(layers, "KERNEL_BLOCK_ELEMENTS", block)
+    monkeypatch.setattr(layers, "KERNEL_BLOCK_COLUMNS", columns)
     fused_in, ref_in = _inputs(n_in, n_out), _inputs(n_in, n_out)
     fused, ref = KernelWeight.apply(*fused_in), _composed(*ref_in)
     k = local_kernel(*ref_in[1:]).detach()
@@ -44,6 +47,7 @@ def test_values_and_gradients_equal_the_composed_ops(monkeypatch, block, n_in, n
 
 def test_gradcheck(monkeypatch):
     monkeypatch.setattr(layers, "KERNEL_BLOCK_ELEMENTS", 10)
+    monkeypatch.setattr(layers, "KERNEL_BLOCK_COLUMNS", 3)
     assert torch.autograd.gradcheck(KernelWeight.apply, _inputs(6, 5))
 
 

@@ -201,9 +201,15 @@ def _kernel_factors(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, tor
     return u_aug, v_aug.T.contiguous()
 
 
-# elements of one (rows x n_out) block of the fused kernel pass: 1 MiB of float32, so a
-# block's chain of elementwise ops runs in cache instead of streaming the whole matrix
+# entries of one tile of the fused kernel pass: 1 MiB of float32, so a tile's chain of
+# elementwise ops runs in cache instead of streaming the whole matrix
 KERNEL_BLOCK_ELEMENTS = 1 << 18
+# columns of one tile at most: the tile's slices of the (d + 2, n_out) kernel factor and of
+# the backward's (d + 1, n_out) accumulator (under 1 MB each) stay in cache while its rows
+# go by. Whole rows made an Electronics-size decoder (500 x 192,403) walk 1-row blocks that
+# re-read 5 MB of factor and accumulator per row; narrower tiles than this slowed the
+# Baby-size step (docs/scaling.md)
+KERNEL_BLOCK_COLUMNS = 1 << 15
 
 
 class KernelWeight(torch.autograd.Function):
@@ -212,12 +218,13 @@ class KernelWeight(torch.autograd.Function):
     Composed from torch ops, a step streams the (n_in, n_out) matrices through memory some
     thirty times (kernel, clamp, product, squares, and each op's backward); on a real
     catalogue these elementwise passes, not the matrix products, dominated the step. Here
-    forward and backward each walk the matrix once, in row blocks of
-    ``KERNEL_BLOCK_ELEMENTS``, recomputing the kernel in backward instead of storing it.
-    Gradients are the composed ops' except exactly on the clamp's bounds (``pre`` = 0 or 1),
-    where this passes none and ``torch.clamp`` passes all: ``hardtanh_backward`` masks in one
-    pass where the comparisons took eight times as long. Tests compare both and run
-    gradcheck; docs/scaling.md has the timings.
+    forward and backward each walk the matrix once, in tiles of about
+    ``KERNEL_BLOCK_ELEMENTS`` entries and at most ``KERNEL_BLOCK_COLUMNS`` columns (column
+    blocks outside, row blocks inside), recomputing the kernel in backward instead of
+    storing it. Gradients are the composed ops' except exactly on the clamp's bounds
+    (``pre`` = 0 or 1), where this passes none and ``torch.clamp`` passes all:
+    ``hardtanh_backward`` masks in one pass where the comparisons took eight times as long.
+    Tests compare both and run gradcheck; docs/scaling.md has the timings.
     """
 
     @staticmethod
@@ -226,11 +233,11 @@ class KernelWeight(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = torch.empty_like(weight)
         sq_w, sq_k = weight.new_zeros(()), weight.new_zeros(())
-        for i, j, k, _ in _kernel_blocks(u, v):
-            w = weight[i:j]
-            torch.mul(w, k, out=out[i:j])
-            sq_w += torch.linalg.vecdot(w.reshape(-1), w.reshape(-1))
-            sq_k += torch.linalg.vecdot(k.reshape(-1), k.reshape(-1))
+        for rows, cols, k, _ in _kernel_tiles(u, v):
+            w = weight[rows, cols]
+            torch.mul(w, k, out=out[rows, cols])
+            sq_w += _sum_of_squares(w)
+            sq_k += _sum_of_squares(k)
         ctx.save_for_backward(weight, u, v)
         return out, sq_w, sq_k
 
@@ -246,36 +253,51 @@ class KernelWeight(torch.autograd.Function):
         two_gk = 2.0 * float(g_sq_k) if g_sq_k is not None else 0.0
         d = u.shape[1]
         d_weight = torch.empty_like(weight)
-        d_u = torch.empty_like(u)
         # with a column of ones, one product gives a @ v and a's row sums (for d_u), and
         # another v_acc = sum_i a_ij u_i and a's column sums (for d_v); the operands are laid
         # out as (d + 1, n) rows, the fast orientation (see _kernel_factors)
         v1_t = torch.cat([v.detach(), torch.ones_like(v[:, :1])], dim=1).T.contiguous()
         u1_t = torch.cat([u.detach(), torch.ones_like(u[:, :1])], dim=1).T.contiguous()
-        acc = v.new_zeros(d + 1, v.shape[0])  # rows: v_acc^T, then the column sums
-        for i, j, k, pre in _kernel_blocks(u, v):
-            w = weight[i:j]
-            g = g_out[i:j] if g_out is not None else torch.zeros_like(w)
-            torch.mul(w, two_gw, out=d_weight[i:j]).addcmul_(g, k)
+        row_acc = u.new_zeros(u.shape[0], d + 1)  # columns: a @ v, then the row sums
+        col_acc = v.new_zeros(d + 1, v.shape[0])  # rows: v_acc^T, then the column sums
+        for rows, cols, k, pre in _kernel_tiles(u, v):
+            w = weight[rows, cols]
+            g = g_out[rows, cols] if g_out is not None else torch.zeros_like(w)
+            torch.mul(w, two_gw, out=d_weight[rows, cols]).addcmul_(g, k)
             # a = dL/dpre, where pre = 1 - |u_i|^2 - |v_j|^2 + 2 u_i.v_j
             a = torch.ops.aten.hardtanh_backward(torch.mul(k, two_gk).addcmul_(g, w), pre, 0, 1)
-            av = a @ v1_t.T  # (rows, d + 1): a @ v, then the row sums
-            d_u[i:j] = 2.0 * (av[:, :d] - u[i:j] * av[:, d:])
-            acc.addmm_(u1_t[:, i:j], a)
-        d_v = 2.0 * (acc[:d].T - v * acc[d, :, None])
+            row_acc[rows].addmm_(a, v1_t[:, cols].T)
+            col_acc[:, cols].addmm_(u1_t[:, rows], a)
+        d_u = 2.0 * (row_acc[:, :d] - u * row_acc[:, d:])
+        d_v = 2.0 * (col_acc[:d].T - v * col_acc[d, :, None])
         return d_weight, d_u, d_v
 
 
-def _kernel_blocks(
+def _sum_of_squares(t: torch.Tensor) -> torch.Tensor:
+    """Sum of the squared entries of a 2-d tile, without copying a strided one."""
+    if t.is_contiguous():
+        flat = t.reshape(-1)
+        return torch.linalg.vecdot(flat, flat)
+    return torch.linalg.vecdot(t, t).sum()
+
+
+def _kernel_tiles(
     u: torch.Tensor, v: torch.Tensor
-) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
-    """(start, stop, kernel rows, pre-clamp rows) of ``local_kernel(u, v)`` by row blocks."""
+) -> Iterator[tuple[slice, slice, torch.Tensor, torch.Tensor]]:
+    """(row slice, column slice, kernel tile, pre-clamp tile) of ``local_kernel(u, v)``:
+    column blocks of at most ``KERNEL_BLOCK_COLUMNS`` outside, row blocks inside, each tile
+    about ``KERNEL_BLOCK_ELEMENTS`` entries."""
     u_aug, v_aug_t = _kernel_factors(u.detach(), v.detach())
-    rows = max(1, KERNEL_BLOCK_ELEMENTS // max(1, v.shape[0]))
-    for i in range(0, u.shape[0], rows):
-        j = min(i + rows, u.shape[0])
-        pre = u_aug[i:j] @ v_aug_t
-        yield i, j, pre.clamp(0.0, 1.0), pre
+    n_in, n_out = u.shape[0], v.shape[0]
+    width = max(1, min(n_out, KERNEL_BLOCK_COLUMNS, KERNEL_BLOCK_ELEMENTS))
+    height = max(1, KERNEL_BLOCK_ELEMENTS // width)
+    for c in range(0, n_out, width):
+        cols = slice(c, min(c + width, n_out))
+        v_block = v_aug_t[:, cols].contiguous()
+        for i in range(0, n_in, height):
+            rows = slice(i, min(i + height, n_in))
+            pre = u_aug[rows] @ v_block
+            yield rows, cols, pre.clamp(0.0, 1.0), pre
 
 
 class LocalKernelLayer(nn.Module):
