@@ -29,6 +29,11 @@ class ConfigError(ValueError):
     """A configuration key is unknown, has the wrong type or an invalid value."""
 
 
+# the values train.device takes (checked here and by cadmr.train.device, which also serves
+# the checkpoint commands' --device)
+DEVICE_PATTERN = r"cpu|auto|cuda(:\d+)?"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The generic training loop (iterative models; closed-form models ignore most fields).
@@ -75,7 +80,7 @@ class TrainConfig:
             raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate}")
         if self.num_threads < 0:
             raise ConfigError(f"train.num_threads must be >= 0, got {self.num_threads}")
-        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
+        if not re.fullmatch(DEVICE_PATTERN, self.device):
             raise ConfigError(
                 f"train.device must be cpu, cuda, cuda:N or auto, got {self.device!r}"
             )

@@ -32,6 +32,14 @@ def test_cpu_and_auto_without_a_gpu():
     assert resolve_device("auto").type == expected
 
 
+@pytest.mark.parametrize("name", ["gpu", "cudax", "cuda:x", ""])
+def test_unknown_device_names_are_a_clear_error(name):
+    """The checkpoint commands' --device reaches resolve_device without the configuration's
+    check: it refuses the same names."""
+    with pytest.raises(ConfigError, match="unknown device"):
+        resolve_device(name)
+
+
 @NO_GPU
 @pytest.mark.parametrize("name", ["cuda", "cuda:1"])
 def test_a_gpu_that_is_not_there_is_a_clear_error(name):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 
-from cadmr.config import ConfigError
+from cadmr.config import DEVICE_PATTERN, ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -17,14 +18,15 @@ def resolve_device(name: str) -> torch.device:
     sees a GPU, else the CPU.
 
     Raises:
-        ConfigError: a GPU was asked for and torch sees none, or fewer than N + 1.
+        ConfigError: the name is none of these; a GPU was asked for and torch sees none, or
+            fewer than N + 1.
     """
+    if not re.fullmatch(DEVICE_PATTERN, name):
+        raise ConfigError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
-    if not name.startswith("cuda"):
-        raise ConfigError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto")
     if not torch.cuda.is_available():
         raise ConfigError(
             f"train.device is {name} but torch sees no GPU (torch {torch.__version__}); "
