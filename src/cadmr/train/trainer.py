@@ -497,7 +497,7 @@ def _run(
     device = resolve_device(config.train.device)  # before any work: a missing GPU fails here
     if device.type == "cuda":  # the current GPU too, for what NCCL runs without a tensor
         torch.cuda.set_device(device)
-    if resume and cfg_path.exists() and not _same_config(cfg_path.read_text(), config):
+    if resume and cfg_path.exists() and not _same_config(cfg_path.read_text(), cfg_text):
         raise TrainingError(
             f"{out_dir} holds a run with another configuration; resume needs the same one"
         )
@@ -576,13 +576,14 @@ def _run(
     return results
 
 
-def _same_config(written: str, config: RunConfig) -> bool:
-    """Whether a run folder's config.yaml holds ``config``. A folder written before
-    ``train.device`` existed ran on the CPU, its default."""
+def _same_config(written: str, current: str) -> bool:
+    """Whether a run folder's config.yaml text ``written`` holds the configuration dumped as
+    ``current``. A folder written before ``train.device`` existed ran on the CPU, its
+    default."""
     old = yaml.safe_load(written) or {}
     if isinstance(old.get("train"), dict):
         old["train"].setdefault("device", "cpu")
-    return old == yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return old == yaml.safe_load(current)
 
 
 def fitted_popularity(dataset: Dataset) -> Recommender:
