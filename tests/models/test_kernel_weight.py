@@ -1,4 +1,5 @@
-"""The fused local-kernel weight against the composed torch ops it replaces."""
+"""The fused local-kernel weight against the composed torch ops it replaces: the compiled
+CPU loops (``kernel_pass``) and the torch tiles that other devices use."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 import cadmr.models.layers as layers
+from cadmr.models import kernel_pass
 from cadmr.models.layers import KernelWeight, LocalKernelLayer, local_kernel
 
 
@@ -23,32 +25,88 @@ def _composed(weight, u, v):
     return weight * k, weight.pow(2).sum(), k.pow(2).sum()
 
 
+def _assert_equals_composed(n_in, n_out, dtype=torch.float64, tol=(1e-10, 1e-12)):
+    ref_in = _inputs(n_in, n_out)
+    fused_in = [t.detach().to(dtype).requires_grad_() for t in ref_in]
+    fused, ref = KernelWeight.apply(*fused_in), _composed(*ref_in)
+    k = local_kernel(*ref_in[1:]).detach()
+    assert 0.1 < (k == 0).double().mean() < 0.9  # both sides of the clamp are exercised
+    gen = torch.Generator().manual_seed(1)
+    g_out = torch.randn(n_in, n_out, generator=gen, dtype=torch.float64)
+    for outs, g in ((fused, g_out.to(dtype)), (ref, g_out)):
+        loss = (outs[0] * g).sum() + 0.3 * outs[1] + 0.7 * outs[2]
+        loss.backward()
+    rtol, atol = tol
+    for a, b in zip(fused, ref, strict=True):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b, rtol=rtol, atol=atol)
+    for a, b in zip(fused_in, ref_in, strict=True):
+        torch.testing.assert_close(a.grad.double(), b.grad, rtol=rtol, atol=atol)
+
+
+@pytest.fixture
+def torch_walk(monkeypatch):
+    """KernelWeight through the torch tiles, as on devices other than the CPU."""
+    monkeypatch.setattr(layers, "COMPILED_CPU_PASS", False)
+
+
+@pytest.mark.usefixtures("torch_walk")
 @pytest.mark.parametrize(("block", "columns"), [(1, 2048), (7, 2048), (1 << 18, 2048), (20, 4)])
 @pytest.mark.parametrize(("n_in", "n_out"), [(13, 9), (4, 31)])
-def test_values_and_gradients_equal_the_composed_ops(monkeypatch, block, columns, n_in, n_out):
+def test_torch_tiles_equal_the_composed_ops(monkeypatch, block, columns, n_in, n_out):
     """Every tiling: single entries, row blocks, the whole matrix, and column blocks (4
     columns, 5 rows a tile) with ragged edges."""
     monkeypatch.setattr(layers, "KERNEL_BLOCK_ELEMENTS", block)
     monkeypatch.setattr(layers, "KERNEL_BLOCK_COLUMNS", columns)
-    fused_in, ref_in = _inputs(n_in, n_out), _inputs(n_in, n_out)
-    fused, ref = KernelWeight.apply(*fused_in), _composed(*ref_in)
-    k = local_kernel(*ref_in[1:]).detach()
-    assert 0.2 < (k == 0).double().mean() < 0.8  # both sides of the clamp are exercised
-    gen = torch.Generator().manual_seed(1)
-    g_out = torch.randn(n_in, n_out, generator=gen, dtype=torch.float64)
-    for outs in (fused, ref):
-        loss = (outs[0] * g_out).sum() + 0.3 * outs[1] + 0.7 * outs[2]
-        loss.backward()
-    for a, b in zip(fused, ref, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    for a, b in zip(fused_in, ref_in, strict=True):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+    _assert_equals_composed(n_in, n_out)
 
 
-def test_gradcheck(monkeypatch):
+@pytest.mark.parametrize(
+    ("n_in", "n_out"),
+    # parts of rows (some empty: 13 rows in 8 parts of 2), parts of columns; a part of
+    # 1,125 columns walks a full and a ragged 1,024-column segment
+    [(13, 9), (4, 31), (1, 40), (40, 1), (2, 9000), (2100, 3)],
+)
+def test_compiled_loops_equal_the_composed_ops(n_in, n_out):
+    assert layers._compiled(_inputs(1, 1)[0])
+    _assert_equals_composed(n_in, n_out)
+
+
+def test_compiled_loops_in_float32_match_float64():
+    # float32 rounding only; the sums of squares accumulate in float64
+    _assert_equals_composed(40, 300, dtype=torch.float32, tol=(1e-4, 1e-5))
+
+
+def test_compiled_loops_give_the_same_bits_with_any_number_of_threads():
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            w, u, v = _inputs(300, 2000, dtype=torch.float32)
+            outs = KernelWeight.apply(w, u, v)
+            (outs[0].sum() + outs[1] + outs[2]).backward()
+            results.append([t.detach() for t in outs] + [w.grad, u.grad, v.grad])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("walk", ["compiled", "torch"])
+def test_gradcheck(monkeypatch, walk):
+    monkeypatch.setattr(layers, "COMPILED_CPU_PASS", walk == "compiled")
     monkeypatch.setattr(layers, "KERNEL_BLOCK_ELEMENTS", 10)
     monkeypatch.setattr(layers, "KERNEL_BLOCK_COLUMNS", 3)
     assert torch.autograd.gradcheck(KernelWeight.apply, _inputs(6, 5))
+    assert torch.autograd.gradcheck(KernelWeight.apply, _inputs(3, 11))
+
+
+def test_compiled_loops_take_only_cpu_floats():
+    assert kernel_pass.supports(torch.zeros(2, 2))
+    assert kernel_pass.supports(torch.zeros(2, 2, dtype=torch.float64))
+    assert not kernel_pass.supports(torch.zeros(2, 2, dtype=torch.bfloat16))
+    assert not kernel_pass.supports(torch.zeros(2, 2, device="meta"))
 
 
 def test_unused_outputs_get_no_gradient_contribution():

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cadmr.data.leakage import LeakageGuard
+from cadmr.models import kernel_pass
 from cadmr.models.graphs import sym_normalize
 
 
@@ -210,6 +211,13 @@ KERNEL_BLOCK_ELEMENTS = 1 << 18
 # re-read 5 MB of factor and accumulator per row; narrower tiles than this slowed the
 # Baby-size step (docs/scaling.md)
 KERNEL_BLOCK_COLUMNS = 1 << 15
+# KernelWeight walks CPU weights with kernel_pass's compiled loops (about twice as fast as
+# the tiles of torch ops); tests turn it off to check the torch walk that other devices use
+COMPILED_CPU_PASS = True
+
+
+def _compiled(weight: torch.Tensor) -> bool:
+    return COMPILED_CPU_PASS and kernel_pass.supports(weight)
 
 
 class KernelWeight(torch.autograd.Function):
@@ -218,19 +226,23 @@ class KernelWeight(torch.autograd.Function):
     Composed from torch ops, a step streams the (n_in, n_out) matrices through memory some
     thirty times (kernel, clamp, product, squares, and each op's backward); on a real
     catalogue these elementwise passes, not the matrix products, dominated the step. Here
-    forward and backward each walk the matrix once, in tiles of about
-    ``KERNEL_BLOCK_ELEMENTS`` entries and at most ``KERNEL_BLOCK_COLUMNS`` columns (column
-    blocks outside, row blocks inside), recomputing the kernel in backward instead of
-    storing it. Gradients are the composed ops' except exactly on the clamp's bounds
-    (``pre`` = 0 or 1), where this passes none and ``torch.clamp`` passes all:
-    ``hardtanh_backward`` masks in one pass where the comparisons took eight times as long.
-    Tests compare both and run gradcheck; docs/scaling.md has the timings.
+    forward and backward each walk the matrix once, recomputing the kernel in backward
+    instead of storing it. On the CPU (float32 and float64) the walk is the compiled loops
+    of ``kernel_pass`` while ``COMPILED_CPU_PASS`` is true; elsewhere it is torch ops over
+    tiles of about ``KERNEL_BLOCK_ELEMENTS`` entries and at most ``KERNEL_BLOCK_COLUMNS``
+    columns (column blocks outside, row blocks inside). Gradients are the composed ops'
+    except exactly on the clamp's bounds (``pre`` = 0 or 1), where this passes none and
+    ``torch.clamp`` passes all (``hardtanh_backward``'s mask). Tests compare both walks
+    with the composed ops and run gradcheck; docs/scaling.md has the timings.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(weight, u, v)
+        if _compiled(weight):
+            return kernel_pass.forward(weight, u, v)
         out = torch.empty_like(weight)
         sq_w, sq_k = weight.new_zeros(()), weight.new_zeros(())
         for rows, cols, k, _ in _kernel_tiles(u, v):
@@ -238,7 +250,6 @@ class KernelWeight(torch.autograd.Function):
             torch.mul(w, k, out=out[rows, cols])
             sq_w += _sum_of_squares(w)
             sq_k += _sum_of_squares(k)
-        ctx.save_for_backward(weight, u, v)
         return out, sq_w, sq_k
 
     @staticmethod
@@ -251,6 +262,9 @@ class KernelWeight(torch.autograd.Function):
         weight, u, v = ctx.saved_tensors
         two_gw = 2.0 * float(g_sq_w) if g_sq_w is not None else 0.0
         two_gk = 2.0 * float(g_sq_k) if g_sq_k is not None else 0.0
+        if _compiled(weight):
+            g = g_out if g_out is not None else torch.zeros_like(weight)
+            return kernel_pass.backward(weight, u, v, g, two_gw, two_gk)
         d = u.shape[1]
         d_weight = torch.empty_like(weight)
         # with a column of ones, one product gives a @ v and a's row sums (for d_u), and
