@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
 import time
+from collections.abc import Iterator
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+import cadmr.models.layers as layers
 
 
 def sync(device: str | torch.device = "cpu") -> None:
@@ -91,10 +95,20 @@ for _f in (_mm, _addmm):
     _f._get_raw = True  # type: ignore[attr-defined]  # FlopCounterMode passes the tensors
 
 
-def flop_counter() -> FlopCounterMode:
+@contextlib.contextmanager
+def flop_counter() -> Iterator[FlopCounterMode]:
     """torch's FlopCounterMode with matrix products counted by their operands' non-zeros:
     torch counts ``sparse @ dense`` as if the sparse operand were dense. Elementwise ops,
-    gathers and reductions count 0 (memory-bound; they cost time but no matmul FLOPs)."""
+    gathers and reductions count 0 (memory-bound; they cost time but no matmul FLOPs).
+    Inside, the local-kernel pass takes its torch walk, whose kernel-factor products torch
+    sees (the compiled CPU loops compute the same products out of its sight), so the count
+    does not depend on which walk the timed steps take."""
     aten = torch.ops.aten
     mapping = {aten.mm: _mm, aten.addmm: _addmm, aten._sparse_addmm: _addmm}
-    return FlopCounterMode(display=False, custom_mapping=mapping)
+    compiled = layers.COMPILED_CPU_PASS
+    layers.COMPILED_CPU_PASS = False
+    try:
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            yield counter
+    finally:
+        layers.COMPILED_CPU_PASS = compiled
