@@ -35,9 +35,25 @@ def matmul_gflops(n: int = 2048, repeats: int = 5, device: str | torch.device = 
     return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
+def memory_gbps(mib: int = 256, repeats: int = 5, device: str | torch.device = "cpu") -> float:
+    """Measured memory bandwidth in GB/s with the current torch threads: ``c = a + 2 b`` over
+    float32 vectors of ``mib`` MiB each (two reads and a write per element, STREAM's triad),
+    far larger than any cache. The elementwise passes, the optimiser and skinny products of
+    a step run at this rate, not at the matmul rate."""
+    n = mib * 2**20 // 4
+    a, b, c = (torch.ones(n, device=device) for _ in range(3))
+    torch.add(a, b, alpha=2.0, out=c)  # warm-up: pages touched
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        torch.add(a, b, alpha=2.0, out=c)
+    sync(device)
+    return 3 * 4 * n * repeats / (time.perf_counter() - t0) / 1e9
+
+
 def machine_line(threads: int, device: str | torch.device = "cpu") -> str:
-    """One line: processor, cores, torch version and threads, measured fp32 GFLOP/s; on a
-    GPU, its name and its fp32 GFLOP/s instead."""
+    """One line: processor, cores, torch version and threads, measured fp32 GFLOP/s and
+    memory GB/s; on a GPU, its name and its fp32 GFLOP/s and memory GB/s instead."""
     torch.set_num_threads(threads)
     line = (
         f"machine: {platform.processor() or platform.machine()}, "
@@ -46,7 +62,10 @@ def machine_line(threads: int, device: str | torch.device = "cpu") -> str:
     device = torch.device(device)
     if device.type == "cuda":
         line += f", {torch.cuda.get_device_name(device)}"
-    return line + f", fp32 matmul {matmul_gflops(device=device):.0f} GFLOP/s"
+    return (
+        line + f", fp32 matmul {matmul_gflops(device=device):.0f} GFLOP/s"
+        f", memory {memory_gbps(device=device):.0f} GB/s (triad)"
+    )
 
 
 def peak_device_gib(device: str | torch.device) -> float | None:
