@@ -11,7 +11,7 @@ the matrix-product FLOPs of one step (``_machine.flop_counter``: sparse products
 non-zeros), measures the machine's fp32 matmul GFLOP/s in that process right after, and
 reports the dense-FLOP time (FLOPs / that rate), the epoch's multiple of it, and the peak
 resident memory of that process; a last table sums the two phases into CADMR's epoch.
-The first line states the machine: cores, torch threads and the fp32 matmul GFLOP/s.
+The first line states the machine: cores, torch threads, fp32 matmul GFLOP/s and memory GB/s.
 With ``--device cuda`` CADMR trains on the GPU and the rates are the GPU's (its dense-FLOP
 time is then the GPU's fp32 bound).
 """

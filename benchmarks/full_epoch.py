@@ -11,7 +11,7 @@ user, and writes its checkpoint. The table reports the trainer's own seconds per
 per evaluation (``results.json``), the process's wall time and peak resident memory (its
 own VmHWM, so each row is that model's process alone), whether that peak stays within
 ``--limit-gib``, and the test Recall@20 after one epoch (a sanity value, not a result). The
-first line states the machine: cores, torch threads and the measured fp32 matmul GFLOP/s.
+first line states the machine: cores, torch threads, measured fp32 matmul GFLOP/s and memory GB/s.
 Nothing is extrapolated here; ``model_epoch.py`` gives quick extrapolated timings.
 """
 

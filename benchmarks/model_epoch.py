@@ -11,14 +11,15 @@ epoch's batch count (exact when the epoch has no more batches; ``--max-batches 0
 the whole epoch: the warm-up step plus every other batch), times one full evaluation of
 the validation split (every user ranked against every item), and reports the process's
 peak resident memory and the fp32 matmul GFLOP/s measured in that process afterwards,
-under the load the row ran with. The first line states the machine: cores, torch threads
-and the matmul GFLOP/s at the start. FLOPs per epoch are one step's matrix-product FLOPs
-(sparse products counted by their non-zeros; ``_machine.flop_counter``), measured on the
-second batch (the first carries per-epoch work such as LATTICE's graph rebuild, which the
-timing leaves out too), times the batches per epoch, so "achieved GFLOP/s" reads directly
-against the machine's. Models that need features are skipped on data without any. With
-``--device cuda`` gradient-trained models train and rank on the GPU (``train.device``), the
-matmul rates are the GPU's, and a last column gives the peak GPU memory.
+under the load the row ran with. The first line states the machine: cores, torch threads,
+the matmul GFLOP/s and memory GB/s at the start. FLOPs per epoch are one step's
+matrix-product FLOPs (sparse products counted by their non-zeros;
+``_machine.flop_counter``), measured on the second batch (the first carries per-epoch work
+such as LATTICE's graph rebuild, which the timing leaves out too), times the batches per
+epoch, so "achieved GFLOP/s" reads directly against the machine's. Models that need
+features are skipped on data without any. With ``--device cuda`` gradient-trained models
+train and rank on the GPU (``train.device``), the matmul rates are the GPU's, and a last
+column gives the peak GPU memory.
 """
 
 from __future__ import annotations
