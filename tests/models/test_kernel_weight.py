@@ -3,6 +3,9 @@ CPU loops (``kernel_pass``) and the torch tiles that other devices use."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -131,3 +134,31 @@ def test_layer_shares_one_fused_pass_per_step(monkeypatch):
         layer(torch.ones(2, 6))
         layer.penalties()
     assert len(calls) == 1
+
+
+_CONCURRENT_CALLS = """
+import threading, torch
+from cadmr.models import kernel_pass
+torch.set_num_threads(2)
+w, u, v = torch.randn(300, 2000), 0.3 * torch.randn(300, 5), 0.3 * torch.randn(2000, 5)
+expected = kernel_pass.forward(w, u, v)[0]
+results = []
+def call():
+    for _ in range(20):
+        results.append(torch.equal(kernel_pass.forward(w, u, v)[0], expected))
+threads = [threading.Thread(target=call) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert results == [True] * 80
+"""
+
+
+def test_compiled_loops_take_calls_from_several_python_threads():
+    # numba's fork-safe pool aborts the whole process on a concurrent second caller, so
+    # this runs in its own process
+    proc = subprocess.run(
+        [sys.executable, "-c", _CONCURRENT_CALLS], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -21,6 +21,7 @@ do not depend on the number of threads. Numba runs the parts on its fork-safe th
 from __future__ import annotations
 
 import os
+import threading
 
 import numba
 import numpy as np
@@ -36,6 +37,10 @@ PARTS = 8  # fixed, so that sums are added in the same order with any number of 
 TILE = 1024  # columns of a row segment: its kernel values stay in L1 cache
 
 DTYPES = (torch.float32, torch.float64)
+
+# the fork-safe pool takes one caller at a time and aborts the process on a second: calls
+# from several Python threads (a threaded server scoring requests) wait here instead
+_POOL = threading.Lock()
 
 
 def supports(weight: torch.Tensor) -> bool:
@@ -167,8 +172,9 @@ def forward(
     w = weight.detach().contiguous()
     out = torch.empty_like(w)
     scalar = w.numpy().dtype.type
-    _threads()
-    sums = _forward(w.numpy(), *_factors(u, v), out.numpy(), _by_rows(w), scalar(0), scalar(1))
+    with _POOL:
+        _threads()
+        sums = _forward(w.numpy(), *_factors(u, v), out.numpy(), _by_rows(w), scalar(0), scalar(1))
     sq_w, sq_k = sums.sum(0)
     return out, w.new_tensor(sq_w), w.new_tensor(sq_k)
 
@@ -193,11 +199,13 @@ def backward(
     col_parts = w.new_zeros(PARTS if by_rows else 1, d + 1, n_out)
     u_np, cu, v2, cv = _factors(u, v)
     scalar = u_np.dtype.type
-    _threads()
-    _backward(
-        w.numpy(), g.numpy(), u_np, cu, v2, cv, scalar(two_gw), scalar(two_gk),
-        d_weight.numpy(), row_parts.numpy(), col_parts.numpy(), by_rows, scalar(0), scalar(1),
-    )  # fmt: skip
+    with _POOL:
+        _threads()
+        _backward(
+            w.numpy(), g.numpy(), u_np, cu, v2, cv, scalar(two_gw), scalar(two_gk),
+            d_weight.numpy(), row_parts.numpy(), col_parts.numpy(), by_rows, scalar(0),
+            scalar(1),
+        )  # fmt: skip
     row_acc, col_acc = row_parts.sum(0), col_parts.sum(0)
     u_, v_ = u.detach(), v.detach()
     # row_acc holds sum_j a_ij (2 v_j) and sum_j a_ij; col_acc sum_i a_ij u_i and sum_i a_ij
