@@ -190,7 +190,7 @@ def backward(
     """Gradients of ``W``, ``u`` and ``v`` given the output's gradient and twice the
     penalties' gradients, as ``KernelWeight.backward``."""
     w = weight.detach().contiguous()
-    g = g_out.contiguous()
+    g = g_out.detach().contiguous()
     n_in, n_out = w.shape
     d = u.shape[1]
     by_rows = _by_rows(w)
