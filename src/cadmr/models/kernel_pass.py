@@ -55,6 +55,17 @@ def _bounds(part, n):
     return min(n, part * step), min(n, (part + 1) * step)
 
 
+@numba.njit(cache=True)
+def _part(part, n_in, n_out, by_rows):
+    """(first row, end row, first column, end column) of one part of an (n_in, n_out) walk
+    split along its rows or its columns."""
+    if by_rows:
+        r0, r1 = _bounds(part, n_in)
+        return r0, r1, 0, n_out
+    c0, c1 = _bounds(part, n_out)
+    return 0, n_in, c0, c1
+
+
 @numba.njit(inline="always")
 def _pre_row(pre, base, cv, v2, u_row, c0, c1):
     """pre[j] = 1 - |u_i|^2 - |v_j|^2 + 2 u_i.v_j for columns c0..c1 of one row."""
@@ -76,8 +87,7 @@ def _forward(w, u, cu, v2, cv, out, by_rows, zero, one):
     for p_ in prange(PARTS):
         p = np.int64(p_)  # prange's index is unsigned, and mixed arithmetic gives floats
         pre = np.empty(TILE, dtype=w.dtype)
-        r0, r1 = _bounds(p, n_in) if by_rows else (0, n_in)
-        c_lo, c_hi = (0, n_out) if by_rows else _bounds(p, n_out)
+        r0, r1, c_lo, c_hi = _part(p, n_in, n_out, by_rows)
         sq_w = 0.0
         sq_k = 0.0
         for c0 in range(c_lo, c_hi, TILE):
@@ -111,8 +121,7 @@ def _backward(
         p = np.int64(p_)
         pre = np.empty(TILE, dtype=w.dtype)
         a = np.empty(TILE, dtype=w.dtype)
-        r0, r1 = _bounds(p, n_in) if by_rows else (0, n_in)
-        c_lo, c_hi = (0, n_out) if by_rows else _bounds(p, n_out)
+        r0, r1, c_lo, c_hi = _part(p, n_in, n_out, by_rows)
         # the part's own partial sums where other parts cover the same rows or columns
         row_acc = row_parts[0 if by_rows else p]
         col_acc = col_parts[p if by_rows else 0]
