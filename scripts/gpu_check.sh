@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check of train.device=cuda, prepared for a session that is lent a GPU machine
-# (this project's: one H200, a CUDA build of torch with pytest, NumPy, SciPy, pandas, PyYAML,
-# tqdm and matplotlib in its python3). From the repository root, through the device tool:
+# (this project's: one H200, a CUDA build of torch with pytest, NumPy, SciPy, numba,
+# pandas, PyYAML, tqdm and matplotlib in its python3; device/KINDS.md lists the image's
+# packages). From the repository root, through the device tool:
 #
 #   run(command="bash scripts/gpu_check.sh", timeout_s=540)
 #
