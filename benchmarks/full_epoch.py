@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/full_epoch.py [--dataset synthetic-elec] [--models bpr lightgcn ...] \
-        [--threads 2] [--limit-gib 24] [--set train.batch_size=4096 ...]
+        [--threads 2] [--limit-gib 24] [--progress] [--set train.batch_size=4096 ...]
 
 For each model, ``cadmr train -m MODEL -d DATASET --set train.epochs=1`` runs in its own
 process with the model's default parameters: it sets the model up, trains one full epoch
@@ -30,46 +30,53 @@ from _machine import machine_line
 
 from cadmr.models import MODELS
 
-# runs the CLI and, on exit, prints its own VmHWM: the high-water mark of this process's
-# address space (ru_maxrss from wait4 would floor it at the parent's peak at fork time)
+# runs the CLI and, on exit, writes its own VmHWM (kB) to the file named by the first
+# argument: the high-water mark of this process's address space (ru_maxrss from wait4
+# would floor it at the parent's peak at fork time)
 _CLI_WITH_PEAK = """
 import atexit, sys
+peak_file = sys.argv.pop(1)
 def _peak():
     with open("/proc/self/status") as f:
         kb = [line.split()[1] for line in f if line.startswith("VmHWM:")]
-    sys.stderr.write(f"\\nVmHWM-kB {kb[0]}\\n")
+    with open(peak_file, "w") as f:
+        f.write(kb[0])
 atexit.register(_peak)
 from cadmr.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def _own_peak_gib(stderr: str, fallback_kib: int) -> float:
-    for line in reversed(stderr.splitlines()):
-        if line.startswith("VmHWM-kB "):
-            return int(line.split()[1]) / 2**20
+def _own_peak_gib(peak_file: Path, fallback_kib: int) -> float:
+    if peak_file.exists() and peak_file.read_text().strip():
+        return int(peak_file.read_text()) / 2**20
     return fallback_kib / 2**20
 
 
-def run(model: str, dataset: str, threads: int, extra: list[str]) -> dict:
+def run(model: str, dataset: str, threads: int, extra: list[str], progress: bool) -> dict:
+    """One ``cadmr train`` process. With ``progress`` its progress bars and epoch lines go to
+    this process's stderr; otherwise its stderr goes to a file (read for the error line),
+    never a pipe, which a long run's output could fill while this process waits."""
     with tempfile.TemporaryDirectory(prefix=f"full-epoch-{model}-") as tmp:
-        out = Path(tmp) / "run"
-        cmd = [sys.executable, "-c", _CLI_WITH_PEAK, "train", "-m", model, "-d", dataset]
-        cmd += ["--set", "train.epochs=1", "--set", f"train.num_threads={threads}"]
+        out, peak_file, log = Path(tmp) / "run", Path(tmp) / "peak", Path(tmp) / "stderr"
+        cmd = [sys.executable, "-c", _CLI_WITH_PEAK, str(peak_file), "train", "-m", model]
+        cmd += ["-d", dataset, "--set", "train.epochs=1", "--set", f"train.num_threads={threads}"]
         for setting in extra:
             cmd += ["--set", setting]
-        cmd += ["--quiet", "--out", str(out)]
+        cmd += ["--out", str(out)] + ([] if progress else ["--quiet"])
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
+        with open(log, "wb") as err_file:
+            stdout = sys.stderr if progress else subprocess.DEVNULL
+            stderr = None if progress else err_file
+            proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr)
+            _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
-        err = proc.stderr.read().decode() if proc.stderr else ""
         code = os.waitstatus_to_exitcode(status)
-        peak = _own_peak_gib(err, usage.ru_maxrss)
+        peak = _own_peak_gib(peak_file, usage.ru_maxrss)
         row = {"model": model, "wall_s": wall, "peak_gib": peak, "exit": code}
         if code != 0:
-            lines = [x for x in err.splitlines() if x.strip() and not x.startswith("VmHWM-kB")]
-            row["error"] = (lines or ["?"])[-1]
+            lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+            row["error"] = (lines or ["see its output above"])[-1]
             return row
         results = json.loads((out / "results.json").read_text())
     phases = results.get("phases") or [results]
@@ -86,6 +93,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--limit-gib", type=float, default=24.0)
     parser.add_argument(
+        "--progress", action="store_true", help="show each run's progress bars on stderr"
+    )
+    parser.add_argument(
         "--set", dest="extra", action="append", default=[], help="extra setting for every run"
     )
     args = parser.parse_args()
@@ -98,7 +108,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for model in args.models:
-        r = run(model, args.dataset, args.threads, args.extra)
+        r = run(model, args.dataset, args.threads, args.extra, args.progress)
         within = "yes" if r["peak_gib"] <= args.limit_gib else "**no**"
         if r["exit"] != 0:
             print(
