@@ -175,6 +175,17 @@ def test_scores_follow_the_parameters(name, board):
 
 
 @pytest.mark.parametrize("name", TORCH)
+def test_an_epoch_states_its_number_of_batches(name, board):
+    """Every phase's epoch has a length (the trainer's progress bar shows a total and the
+    time left) equal to the batches it yields."""
+    model = _ready(name, board)
+    for phase in model.phases():
+        model.start_phase(phase)
+        batches = model.batches(np.random.default_rng(0), 7)
+        assert len(batches) == sum(1 for _ in batches) > 1
+
+
+@pytest.mark.parametrize("name", TORCH)
 def test_every_parameter_gets_a_gradient(name, board):
     """Within the first two optimizer steps of its phases, every parameter gets a non-zero
     gradient (two steps: a zero-initialised layer passes no gradient back on the first)."""

@@ -189,7 +189,7 @@ def test_global_kernel_phases_and_gradients():
     assert model.phases() == ("pretrain", "finetune")
     assert not model.uses_global_kernel
     model.start_phase("finetune")
-    batch = next(model.batches(np.random.default_rng(0), 4))
+    batch = next(iter(model.batches(np.random.default_rng(0), 4)))
     model.loss(batch).backward()
     assert model.global_kernel_map.grad is not None
     assert model.global_kernel_map.grad.abs().sum() > 0

@@ -88,6 +88,7 @@ from torch import nn
 
 from cadmr.data.leakage import LeakageGuard
 from cadmr.models.base import TorchRecommender
+from cadmr.models.sampling import ShuffledBatches
 
 _EPS = 1e-12  # the floor F.normalize uses
 
@@ -579,11 +580,9 @@ class ADDVAE(TorchRecommender):
         self.features = torch.from_numpy(content)
         self._cache = None
 
-    def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[UserBatch]:
+    def batches(self, rng: np.random.Generator, batch_size: int) -> ShuffledBatches[UserBatch]:
         self._cache = None  # parameters will change
-        order = rng.permutation(self.n_users).astype(np.int64)
-        for start in range(0, self.n_users, batch_size):
-            yield UserBatch(order[start : start + batch_size])
+        return ShuffledBatches(self.n_users, batch_size, rng, UserBatch)
 
     def user_rows(self, users: np.ndarray) -> SparseRows:
         """The training rows of ``users`` (B,) as flat sparse tensors."""

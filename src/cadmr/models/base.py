@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -335,8 +335,9 @@ class TorchRecommender(nn.Module, Recommender):
         and before ``make_optimizer``, so ``batches``, ``loss`` and the optimizer follow it."""
 
     @abc.abstractmethod
-    def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[Any]:
-        """One epoch of training batches, drawn with ``rng``."""
+    def batches(self, rng: np.random.Generator, batch_size: int) -> Iterable[Any]:
+        """One epoch of training batches, drawn with ``rng``; one with a length (as
+        ``sampling.ShuffledBatches``) gives the trainer's progress bar a total."""
 
     @abc.abstractmethod
     def loss(self, batch: Any) -> torch.Tensor:

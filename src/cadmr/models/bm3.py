@@ -39,7 +39,7 @@ Choices and deviations (all documented in the report of issue 4):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -56,7 +56,7 @@ from cadmr.models.layers import (
     feature_tensor,
     propagate_mean,
 )
-from cadmr.models.sampling import PairBatch, PairSampler
+from cadmr.models.sampling import PairBatch, PairSampler, ShuffledBatches
 
 
 def cosine_loss(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -149,7 +149,7 @@ class BM3(CachedEmbeddingScores, TorchRecommender):
         """Target view: dropout of the detached embedding (always on, as in training)."""
         return F.dropout(x.detach(), p=self.params.dropout, training=True)
 
-    def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[PairBatch]:
+    def batches(self, rng: np.random.Generator, batch_size: int) -> ShuffledBatches[PairBatch]:
         return self.sampler.epoch(rng, batch_size)
 
     def loss(self, batch: PairBatch) -> torch.Tensor:

@@ -7,7 +7,7 @@ Xavier initialisation, L2 on the batch's embeddings).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,7 +19,7 @@ from torch import nn
 from cadmr.data.leakage import LeakageGuard
 from cadmr.models.base import TorchRecommender
 from cadmr.models.layers import bpr_loss, l2_per_example
-from cadmr.models.sampling import TripletBatch, TripletSampler
+from cadmr.models.sampling import ShuffledBatches, TripletBatch, TripletSampler
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class BPRMF(TorchRecommender):
         super().setup(train, features, guard)
         self.sampler = TripletSampler(self.train_matrix)
 
-    def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[TripletBatch]:
+    def batches(self, rng: np.random.Generator, batch_size: int) -> ShuffledBatches[TripletBatch]:
         return self.sampler.epoch(rng, batch_size)
 
     def loss(self, batch: TripletBatch) -> torch.Tensor:

@@ -56,6 +56,7 @@ from cadmr.data.leakage import LeakageGuard
 from cadmr.models.disentangle import TC_ESTIMATORS
 from cadmr.models.kernel_ae import ItemBatch, KernelAE, KernelAEParams, paper_adam
 from cadmr.models.layers import shared_kernels, sparse_mm, to_torch_sparse
+from cadmr.models.sampling import ShuffledBatches
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -429,7 +430,7 @@ class CADMR(KernelAE):
         self._fused = self.fuse(self.modality_codes()) if self.phase == "finetune" else None
         super().prepare_scoring()
 
-    def batches(self, rng: np.random.Generator, batch_size: int):
+    def batches(self, rng: np.random.Generator, batch_size: int) -> ShuffledBatches[ItemBatch]:
         self._fused = None  # parameters will change
         if self.phase == "finetune" and self.params.finetune_batch_size:
             batch_size = self.params.finetune_batch_size

@@ -53,7 +53,7 @@ Generalisations from the paper's image + text setting and deviations from MMRec'
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -75,7 +75,7 @@ from cadmr.models.layers import (
     sparse_mm,
     to_torch_sparse,
 )
-from cadmr.models.sampling import TripletBatch, TripletSampler
+from cadmr.models.sampling import ShuffledBatches, TripletBatch, TripletSampler
 
 _LN2 = math.log(2.0)
 
@@ -266,7 +266,7 @@ class DRAGON(CachedEmbeddingScores, TorchRecommender):
             h = sparse_mm(self.item_adj, h)  # (I, N d)
         return u + sparse_mm(self.user_adj, u), i + h
 
-    def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[TripletBatch]:
+    def batches(self, rng: np.random.Generator, batch_size: int) -> ShuffledBatches[TripletBatch]:
         return self.sampler.epoch(rng, batch_size)
 
     def loss(self, batch: TripletBatch) -> torch.Tensor:

@@ -43,7 +43,7 @@ Generalisation and deviations (documented choices):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -65,7 +65,7 @@ from cadmr.models.layers import (
     sparse_mm,
     to_torch_sparse,
 )
-from cadmr.models.sampling import TripletBatch
+from cadmr.models.sampling import ShuffledBatches, TripletBatch
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ class FREEDOM(CachedEmbeddingScores, BPRMF):
         out = propagate_mean(adj, ego, self.params.n_ui_layers)
         return out[: self.n_users], out[self.n_users :] + h
 
-    def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[TripletBatch]:
+    def batches(self, rng: np.random.Generator, batch_size: int) -> ShuffledBatches[TripletBatch]:
         # the pruned graph is drawn first, so an epoch's draws depend on the rng state only
         self.train_adj = self.pruned_adjacency(rng) if self.params.dropout > 0 else self.adj
         return super().batches(rng, batch_size)

@@ -45,7 +45,7 @@ its batch, so larger batches (512-1024) cost much less per epoch
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -58,6 +58,7 @@ from torch import nn
 from cadmr.data.leakage import LeakageGuard
 from cadmr.models.base import TorchRecommender
 from cadmr.models.layers import LocalKernelLayer, shared_kernels, to_torch_sparse
+from cadmr.models.sampling import ShuffledBatches
 
 SCORING_BLOCK = 4096  # items per block when encoding the whole catalogue for scoring
 
@@ -214,13 +215,11 @@ class KernelAE(TorchRecommender):
             return self.global_conv_rows(items)
         return to_torch_sparse(self.item_user[items], self.device)
 
-    def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[ItemBatch]:
+    def batches(self, rng: np.random.Generator, batch_size: int) -> ShuffledBatches[ItemBatch]:
         self._hidden = None  # parameters will change
         if self.uses_global_kernel:
             self._pooled = self.item_means()  # once per epoch (module docstring)
-        order = rng.permutation(self.n_items).astype(np.int64)
-        for start in range(0, self.n_items, batch_size):
-            yield ItemBatch(order[start : start + batch_size])
+        return ShuffledBatches(self.n_items, batch_size, rng, ItemBatch)
 
     def target_rows(self, items: np.ndarray) -> torch.Tensor:
         """Reconstruction target: the dense training rows of ``items``, (B, n_users)."""

@@ -45,7 +45,7 @@ Generalisation and deviations (documented choices):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -67,7 +67,7 @@ from cadmr.models.layers import (
     learned_graph_mm,
     propagate_mean,
 )
-from cadmr.models.sampling import TripletBatch
+from cadmr.models.sampling import ShuffledBatches, TripletBatch
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ class LATTICE(CachedEmbeddingScores, BPRMF):
             h = learned_graph_mm(item_graph, h)
         return users, items + F.normalize(h, dim=1)
 
-    def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[TripletBatch]:
+    def batches(self, rng: np.random.Generator, batch_size: int) -> ShuffledBatches[TripletBatch]:
         self._rebuild = True  # the epoch's first loss rebuilds the learned graph
         return super().batches(rng, batch_size)
 

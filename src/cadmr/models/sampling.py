@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+B = TypeVar("B")
+
+
+class ShuffledBatches(Generic[B]):
+    """One epoch's batches: ``range(n)`` in a random order drawn from ``rng`` when iteration
+    starts, cut into chunks of ``batch_size`` indices, each turned into a batch by ``make``
+    (which may draw from ``rng`` too). It has a length, so the trainer's progress bar shows
+    the epoch's total and time left."""
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        rng: np.random.Generator,
+        make: Callable[[np.ndarray], B],
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        self.n, self.batch_size, self.rng, self.make = n, batch_size, rng, make
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[B]:
+        order = self.rng.permutation(self.n).astype(np.int64, copy=False)
+        for start in range(0, self.n, self.batch_size):
+            yield self.make(order[start : start + self.batch_size])
 
 
 @dataclass(frozen=True)
@@ -52,16 +81,16 @@ class TripletSampler:
             bad[bad] = self._is_positive(users[bad], neg[bad])
         return neg
 
-    def epoch(self, rng: np.random.Generator, batch_size: int) -> Iterator[TripletBatch]:
-        order = rng.permutation(len(self.users))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+    def epoch(self, rng: np.random.Generator, batch_size: int) -> ShuffledBatches[TripletBatch]:
+        def triplets(idx: np.ndarray) -> TripletBatch:
             u = self.users[idx]
-            yield TripletBatch(
+            return TripletBatch(
                 torch.from_numpy(u),
                 torch.from_numpy(self.items[idx]),
                 torch.from_numpy(self.negatives(u, rng)),
             )
+
+        return ShuffledBatches(len(self.users), batch_size, rng, triplets)
 
 
 @dataclass(frozen=True)
@@ -85,8 +114,8 @@ class PairSampler:
         self.users = coo.row.astype(np.int64)
         self.items = coo.col.astype(np.int64)
 
-    def epoch(self, rng: np.random.Generator, batch_size: int) -> Iterator[PairBatch]:
-        order = rng.permutation(len(self.users))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            yield PairBatch(torch.from_numpy(self.users[idx]), torch.from_numpy(self.items[idx]))
+    def epoch(self, rng: np.random.Generator, batch_size: int) -> ShuffledBatches[PairBatch]:
+        def pairs(idx: np.ndarray) -> PairBatch:
+            return PairBatch(torch.from_numpy(self.users[idx]), torch.from_numpy(self.items[idx]))
+
+        return ShuffledBatches(len(self.users), batch_size, rng, pairs)

@@ -52,7 +52,7 @@ Choices and deviations (also in the report of issue 4):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -70,7 +70,7 @@ from cadmr.models.layers import (
     propagate_mean,
     symmetric_spmm,
 )
-from cadmr.models.sampling import PairBatch, PairSampler
+from cadmr.models.sampling import PairBatch, PairSampler, ShuffledBatches
 
 SSL_TASKS = ("FAC", "FD", "FM", "FD+FM")
 
@@ -239,7 +239,7 @@ class SLMRec(CachedEmbeddingScores, TorchRecommender):
 
     # ---- training -----------------------------------------------------------------------
 
-    def batches(self, rng: np.random.Generator, batch_size: int) -> Iterator[PairBatch]:
+    def batches(self, rng: np.random.Generator, batch_size: int) -> ShuffledBatches[PairBatch]:
         return self.sampler.epoch(rng, batch_size)
 
     def loss(self, batch: PairBatch) -> torch.Tensor:
