@@ -30,17 +30,18 @@ from _machine import machine_line
 
 from cadmr.models import MODELS
 
-# runs the CLI and, on exit, writes its own VmHWM (kB) to the file named by the first
-# argument: the high-water mark of this process's address space (ru_maxrss from wait4
-# would floor it at the parent's peak at fork time)
+# runs the CLI and, on exit, writes its own peak resident memory in GiB
+# (``_machine.peak_rss_gib``: VmHWM, not ru_maxrss from wait4, which would floor it at the
+# parent's peak at fork time) to the file named by its first argument; the second is the
+# folder of ``_machine``
 _CLI_WITH_PEAK = """
 import atexit, sys
-peak_file = sys.argv.pop(1)
+peak_file, benchmarks = sys.argv.pop(1), sys.argv.pop(1)
+sys.path.insert(0, benchmarks)
+from _machine import peak_rss_gib
 def _peak():
-    with open("/proc/self/status") as f:
-        kb = [line.split()[1] for line in f if line.startswith("VmHWM:")]
     with open(peak_file, "w") as f:
-        f.write(kb[0])
+        f.write(repr(peak_rss_gib()))
 atexit.register(_peak)
 from cadmr.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -48,9 +49,10 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _own_peak_gib(peak_file: Path, fallback_kib: int) -> float:
-    if peak_file.exists() and peak_file.read_text().strip():
-        return int(peak_file.read_text()) / 2**20
-    return fallback_kib / 2**20
+    """The child's own peak from ``peak_file``, else (it died before writing it) its
+    ``ru_maxrss`` in KiB, an upper bound."""
+    text = peak_file.read_text().strip() if peak_file.exists() else ""
+    return float(text) if text else fallback_kib / 2**20
 
 
 def run(model: str, dataset: str, threads: int, extra: list[str], progress: bool) -> dict:
@@ -59,7 +61,8 @@ def run(model: str, dataset: str, threads: int, extra: list[str], progress: bool
     never a pipe, which a long run's output could fill while this process waits."""
     with tempfile.TemporaryDirectory(prefix=f"full-epoch-{model}-") as tmp:
         out, peak_file, log = Path(tmp) / "run", Path(tmp) / "peak", Path(tmp) / "stderr"
-        cmd = [sys.executable, "-c", _CLI_WITH_PEAK, str(peak_file), "train", "-m", model]
+        here = str(Path(__file__).resolve().parent)
+        cmd = [sys.executable, "-c", _CLI_WITH_PEAK, str(peak_file), here, "train", "-m", model]
         cmd += ["-d", dataset, "--set", "train.epochs=1", "--set", f"train.num_threads={threads}"]
         for setting in extra:
             cmd += ["--set", setting]
