@@ -189,6 +189,28 @@ def test_attention_rows_sum_to_one_and_match_the_fast_kernel(data, norm):
         torch.testing.assert_close(model.context(items, fused), by_hand, rtol=1e-5, atol=1e-6)
 
 
+def test_residual_refinement_adds_the_interaction_rows(data):
+    """R + FFN(CA(R)) with R's nonzeros added into the FFN's output: the same values and
+    gradients as the dense sum."""
+    model = ready(data, phase="finetune")
+    model.eval()  # no dropout: both sums see the same codes
+    with torch.no_grad():  # a non-zero refinement (fine-tuning starts from zero)
+        model.ffn.weight.normal_(std=0.1)
+    items = np.array([3, 0, 7, 3])  # any order, repeats allowed
+    fused = model.fuse(model.modality_codes())
+    out = model.refine(items, fused)
+    out.pow(2).sum().backward()
+    grads = [p.grad.clone() for p in model.ffn.parameters()]
+    model.zero_grad()
+    dense = torch.from_numpy(model.item_user[items].toarray()) + model.ffn(
+        model.context(items, model.fuse(model.modality_codes()))
+    )
+    dense.pow(2).sum().backward()
+    assert torch.equal(out, dense)
+    for got, want in zip(grads, (p.grad for p in model.ffn.parameters()), strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def test_residual_refinement_starts_at_the_pretrained_model(data):
     model = ready(data, phase="pretrain")
     model.eval()

@@ -12,8 +12,9 @@ import scipy.sparse as sp
 import torch
 
 from cadmr.data import Dataset, LeakageGuard
+from cadmr.models import kernel_ae, layers
 from cadmr.models.kernel_ae import ItemBatch, KernelAE, KernelAEParams
-from cadmr.models.layers import LocalKernelLayer, local_kernel, to_torch_sparse
+from cadmr.models.layers import LocalKernelLayer, local_kernel, shared_kernels, to_torch_sparse
 
 
 def tiny_dataset(n_users: int = 6, n_items: int = 5) -> Dataset:
@@ -92,6 +93,42 @@ def test_score_equals_columns_of_full_reconstruction():
         full = model(torch.from_numpy(data.train.T.toarray()))  # (n_items, n_users)
     torch.testing.assert_close(scores, full[:, users].T)
     assert scores.shape == (3, data.n_items)
+
+
+def test_scoring_forms_each_kernel_once_in_blocks_of_bounded_rows(monkeypatch):
+    """prepare_scoring shares each encoder layer's W * k across its item blocks, and a
+    block's dense (B, n_users) rows stay under DENSE_BLOCK_ENTRIES; neither changes the
+    encoding."""
+    data = tiny_dataset(n_users=6, n_items=11)
+    model = ready_model(data, hidden=(4, 3), kernel_dim=2)
+    model.eval()
+    with torch.no_grad():
+        expected = model.encode(torch.from_numpy(model.item_user.toarray()))
+    calls, rows = [], []
+    real_apply, real_input_rows = layers.KernelWeight.apply, model.input_rows
+    monkeypatch.setattr(layers.KernelWeight, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    monkeypatch.setattr(
+        model, "input_rows", lambda items: rows.append(len(items)) or real_input_rows(items)
+    )
+    monkeypatch.setattr(kernel_ae, "DENSE_BLOCK_ENTRIES", 4 * data.n_users)
+    model.prepare_scoring()
+    assert rows == [4, 4, 3]
+    assert len(calls) == len(model.encoder)
+    torch.testing.assert_close(model._hidden, expected)
+    assert model.encoder[0]._shared is None  # the sharing ends with the scoring
+
+
+def test_shared_kernel_blocks_nest():
+    torch.manual_seed(0)
+    outer, inner = LocalKernelLayer(3, 2), LocalKernelLayer(2, 2)
+    with shared_kernels([outer]):
+        first = outer.weighted()
+        with shared_kernels([outer, inner]):
+            assert outer.weighted() is first
+            inner.weighted()
+        assert inner._shared is None
+        assert outer.weighted() is first  # the inner block left the outer's kernel alone
+    assert outer._shared is None
 
 
 def test_scoring_cache_is_invalidated_when_training_resumes():

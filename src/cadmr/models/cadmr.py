@@ -380,7 +380,11 @@ class CADMR(KernelAE):
         delta = self.ffn(self.context(items, fused))
         if self.params.refine == "replace":
             return delta
-        return self.tensor(self.item_user[items].toarray()) + delta
+        # R + delta, adding R's nonzeros into delta: the same sums as the dense R + delta
+        # without two more (B, n_users) matrices (394 MB each for 512 Electronics items)
+        rows = self.item_user[items].tocoo()
+        index = (self.tensor(rows.row.astype(np.int64)), self.tensor(rows.col.astype(np.int64)))
+        return delta.index_put_(index, self.tensor(rows.data).to(delta.dtype), accumulate=True)
 
     # ----------------------------------------------------------------- training
 

@@ -61,6 +61,11 @@ from cadmr.models.layers import LocalKernelLayer, shared_kernels, to_torch_spars
 from cadmr.models.sampling import ShuffledBatches
 
 SCORING_BLOCK = 4096  # items per block when encoding the whole catalogue for scoring
+# the most entries of one block's dense (B, n_users) rows while scoring (64 MiB of float32):
+# at Electronics size a block of 512 such rows was 394 MB, allocated and freed once per block,
+# and with freed memory kept for reuse (train/trainer.py) the heap fragmented around them,
+# once to 16.8 GiB (docs/scaling.md, "The scoring peak")
+DENSE_BLOCK_ENTRIES = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -183,10 +188,17 @@ class KernelAE(TorchRecommender):
         """(n_items,) mean reconstruction of each item over users from the plain input:
         GLocal-K's item-based average pooling, the input of the global kernel."""
         blocks = []
-        for start in range(0, self.n_items, SCORING_BLOCK):
-            rows = self.item_user[start : start + SCORING_BLOCK]
-            blocks.append(self(to_torch_sparse(rows, self.device)).mean(dim=1))
+        step = self.dense_block(SCORING_BLOCK)  # the decoder's output is dense
+        with shared_kernels(self.kernel_layers()):
+            for start in range(0, self.n_items, step):
+                rows = self.item_user[start : start + step]
+                blocks.append(self(to_torch_sparse(rows, self.device)).mean(dim=1))
         return torch.cat(blocks)
+
+    def dense_block(self, most: int) -> int:
+        """Item rows per block where a block forms dense (B, n_users) rows: at most ``most``
+        and at most ``DENSE_BLOCK_ENTRIES`` entries."""
+        return max(1, min(most, DENSE_BLOCK_ENTRIES // max(self.n_users, 1)))
 
     def global_kernel(self) -> torch.Tensor:
         """(g, g) convolution kernel from the pooled item means (GLocal-K)."""
@@ -252,12 +264,18 @@ class KernelAE(TorchRecommender):
 
     @torch.no_grad()
     def prepare_scoring(self) -> None:
-        self._pooled = None
-        blocks = []
-        for start in range(0, self.n_items, self.scoring_block):
-            items = np.arange(start, min(start + self.scoring_block, self.n_items))
-            blocks.append(self.encode(self.input_rows(items)))
-        self._hidden = torch.cat(blocks)  # (n_items, hidden[-1])
+        self._pooled = self._hidden = None
+        # the input rows are dense in the global-kernel phase and in CADMR's fine-tuning
+        step = self.dense_block(self.scoring_block)
+        hidden = None
+        with shared_kernels(self.encoder):  # each layer's W * k once, not once per block
+            for start in range(0, self.n_items, step):
+                items = np.arange(start, min(start + step, self.n_items))
+                h = self.encode(self.input_rows(items))
+                if hidden is None:  # filled in place: no list of blocks, no copy at the end
+                    hidden = h.new_empty(self.n_items, h.shape[1])
+                hidden[start : start + len(items)] = h
+        self._hidden = hidden  # (n_items, hidden[-1])
 
     @torch.no_grad()
     def score(self, users: np.ndarray) -> torch.Tensor:

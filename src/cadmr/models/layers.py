@@ -381,14 +381,15 @@ _EMPTY = object()
 def shared_kernels(layers: Iterable[LocalKernelLayer]) -> Iterator[None]:
     """Within the block, each layer computes its kernel once and reuses it (forward and
     penalty of one training step share it, and so does autograd); the kernel is the largest
-    and slowest intermediate of a step on a real catalogue (I x hidden entries)."""
-    layers = list(layers)
-    for layer in layers:
+    and slowest intermediate of a step on a real catalogue (I x hidden entries). Blocks nest:
+    an inner block leaves the layers an outer one shares to the outer one."""
+    fresh = [layer for layer in layers if layer._shared is None]
+    for layer in fresh:
         layer._shared = _EMPTY
     try:
         yield
     finally:
-        for layer in layers:
+        for layer in fresh:
             layer._shared = None
 
 
