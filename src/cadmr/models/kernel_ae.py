@@ -267,14 +267,13 @@ class KernelAE(TorchRecommender):
         self._pooled = self._hidden = None
         # the input rows are dense in the global-kernel phase and in CADMR's fine-tuning
         step = self.dense_block(self.scoring_block)
-        hidden = None
+        last = self.encoder[-1].weight  # (hidden[-2], hidden[-1])
+        # filled in place: no list of blocks, no copy at the end
+        hidden = last.new_empty(self.n_items, last.shape[1])
         with shared_kernels(self.encoder):  # each layer's W * k once, not once per block
             for start in range(0, self.n_items, step):
                 items = np.arange(start, min(start + step, self.n_items))
-                h = self.encode(self.input_rows(items))
-                if hidden is None:  # filled in place: no list of blocks, no copy at the end
-                    hidden = h.new_empty(self.n_items, h.shape[1])
-                hidden[start : start + len(items)] = h
+                hidden[start : start + len(items)] = self.encode(self.input_rows(items))
         self._hidden = hidden  # (n_items, hidden[-1])
 
     @torch.no_grad()
