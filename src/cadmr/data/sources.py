@@ -17,10 +17,11 @@ from pathlib import Path
 
 from cadmr.data.dataset import DataError, Dataset
 from cadmr.data.readers import load_dataset
-from cadmr.data.synthetic import PRESETS, make_synthetic
+from cadmr.data.synthetic import PRESETS, make_content_planted, make_synthetic
 
 SYNTHETIC_PREFIX = "synthetic-"
 DEFAULT_DATASET = "synthetic-small"
+PLANTED = "content-planted"  # make_content_planted: interactions only the features explain
 ENV_VAR = "CADMR_DATA_DIR"
 
 
@@ -49,10 +50,12 @@ def resolve_dataset(spec: str, data_dir: str | os.PathLike | None = None) -> Dat
     """
     if spec.startswith(SYNTHETIC_PREFIX):
         preset = spec[len(SYNTHETIC_PREFIX) :]
+        if preset == PLANTED:
+            return make_content_planted()
         if preset not in PRESETS:
             raise DataError(
                 f"unknown synthetic preset {preset!r}; available: "
-                + ", ".join(SYNTHETIC_PREFIX + p for p in PRESETS)
+                + ", ".join(SYNTHETIC_PREFIX + p for p in (*PRESETS, PLANTED))
             )
         return make_synthetic(preset, seed=0, name=spec)
     path = Path(spec).expanduser()
