@@ -588,9 +588,11 @@ def phase_summary(results: dict) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     from cadmr.models import MODELS
 
+    width = max(map(len, MODELS))
     for name, cls in sorted(MODELS.items()):
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-        print(f"{name:10s} {doc}")
+        # a class's own summary line where it has one (cadmr_paper), else its module's
+        doc = cls.summary or (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        print(f"{name:{width}s} {doc}")
     return 0
 
 

@@ -163,8 +163,9 @@ def test_weighted_mse_by_hand(pos_weight):
 
 def test_pos_weight_scales_only_the_positive_errors():
     data = tiny_dataset()
-    plain = ready_model(data, hidden=(4, 3), lambda_2=0.0, lambda_s=0.0, pos_weight=1.0)
-    weighted = ready_model(data, hidden=(4, 3), lambda_2=0.0, lambda_s=0.0, pos_weight=5.0)
+    common = {"hidden": (4, 3), "lambda_2": 0.0, "lambda_s": 0.0, "input_dropout": 0.0}
+    plain = ready_model(data, **common, pos_weight=1.0)
+    weighted = ready_model(data, **common, pos_weight=5.0)
     batch = ItemBatch(np.arange(data.n_items))
     x, target = plain.input_rows(batch.items), plain.target_rows(batch.items)
     with torch.no_grad():
@@ -190,7 +191,7 @@ def test_multinomial_loss_by_hand():
 
 def test_penalty_scaling():
     data = tiny_dataset()
-    model = ready_model(data, hidden=(4, 3), lambda_2=2.0, lambda_s=0.5)
+    model = ready_model(data, hidden=(4, 3), lambda_2=2.0, lambda_s=0.5, lambda_scale="fixed")
     layers = (*model.encoder, model.decoder)
     w = sum(layer.weight.pow(2).sum() for layer in layers)
     k = sum(layer.kernel().pow(2).sum() for layer in layers)
@@ -270,3 +271,70 @@ def test_weighted_squared_error_equals_the_composed_formula(pos_weight):
     torch.testing.assert_close(loss, ref)
     torch.testing.assert_close(out.grad, ref_out.grad)
     assert torch.autograd.gradcheck(lambda o: weighted_squared_error(o, target, pos_weight), (out,))
+
+
+# ---------------------------------------------------------------- denoising and the input scale
+
+
+def test_input_dropout_corrupts_training_rows_only():
+    data = tiny_dataset(n_users=400, n_items=5)
+    model = ready_model(data, input_dropout=0.5)
+    model.batches(np.random.default_rng(0), 2)  # seeds the corruption's generator
+    items = np.arange(5)
+    clean = model.item_user[items]
+    model.train()
+    noisy = model.rating_rows(items, corrupt=True)
+    kept = noisy.nnz / clean.nnz
+    assert 0.4 < kept < 0.6  # about half of 800 entries survive
+    assert np.allclose(noisy.data, 2.0)  # survivors scaled by 1 / (1 - p)
+    assert noisy.multiply(clean).nnz == noisy.nnz  # never adds an entry
+    assert (model.rating_rows(items) != clean).nnz == 0  # scoring never corrupts
+    model.eval()
+    assert (model.rating_rows(items, corrupt=True) != clean).nnz == 0
+
+
+def test_input_dropout_draws_repeat_with_the_epoch_generator():
+    data = tiny_dataset(n_users=50, n_items=5)
+    model = ready_model(data, input_dropout=0.5)
+    draws = []
+    for _ in range(2):
+        model.batches(np.random.default_rng(7), 2)
+        draws.append(model.rating_rows(np.arange(5), corrupt=True).toarray())
+    np.testing.assert_array_equal(draws[0], draws[1])
+
+
+def test_active_init_gives_unit_preactivation_scale_once():
+    data = tiny_dataset(n_users=6, n_items=5)
+    model = ready_model(data, input_init="active")
+    mean_nnz = data.train.nnz / data.n_items
+    std = float(model.encoder[0].weight.detach().std())
+    assert std == pytest.approx(1 / np.sqrt(mean_nnz), rel=1e-5)
+    model.setup(data.train, {}, LeakageGuard(data))  # a second set-up does not rescale again
+    assert float(model.encoder[0].weight.detach().std()) == pytest.approx(std, rel=1e-6)
+    xavier = ready_model(data, input_init="xavier")
+    assert float(xavier.encoder[0].weight.detach().std()) < std
+
+
+def test_lambda_scale_items_multiplies_the_penalty_by_catalogue_size():
+    data = tiny_dataset(n_users=6, n_items=5)
+    fixed = ready_model(data, lambda_scale="fixed")
+    scaled = ready_model(data, lambda_scale="items")
+    with torch.no_grad():
+        torch.testing.assert_close(scaled.penalty(), fixed.penalty() * 5 / 1000)
+
+
+def test_centered_sigmoid_is_sigmoid_shifted_by_a_half():
+    x = torch.linspace(-3, 3, 7)
+    torch.testing.assert_close(
+        kernel_ae.hidden_activation(x, "centered_sigmoid"), torch.sigmoid(x) - 0.5
+    )
+    # the same functions: the shift moves into the next layer's bias
+    data = tiny_dataset()
+    sig = ready_model(data, hidden_activation="sigmoid")
+    cen = ready_model(data, hidden_activation="centered_sigmoid")
+    with torch.no_grad():
+        for layer in (*cen.encoder[1:], cen.decoder):
+            w = layer.effective_weight()
+            layer.bias += 0.5 * w.sum(0)  # sigmoid = centred + 1/2
+        rows = to_torch_sparse(sig.item_user, None)
+        torch.testing.assert_close(cen(rows), sig(rows), rtol=1e-5, atol=1e-5)

@@ -6,7 +6,7 @@ from cadmr.models.addvae import ADDVAE
 from cadmr.models.base import ClosedFormRecommender, Recommender, TorchRecommender
 from cadmr.models.bm3 import BM3
 from cadmr.models.bpr import BPRMF
-from cadmr.models.cadmr import CADMR
+from cadmr.models.cadmr import CADMR, CADMRPaper
 from cadmr.models.dragon import DRAGON
 from cadmr.models.ease import EASE
 from cadmr.models.freedom import FREEDOM
@@ -27,6 +27,7 @@ MODELS: dict[str, type[Recommender]] = {
         VBPR,
         KernelAE,
         CADMR,
+        CADMRPaper,
         DRAGON,
         BM3,
         SLMRec,

@@ -157,6 +157,7 @@ class Recommender(abc.ABC):
     params_cls: ClassVar[type]
     personalized: ClassVar[bool] = True
     default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {}
+    summary: ClassVar[str] = ""  # one line for `cadmr models` (default: the module's first)
     budget_search: ClassVar[Mapping[str, tuple[Any, ...]] | None] = None
     needs_features: ClassVar[bool] = False
     item_block: ClassVar[int] = 0

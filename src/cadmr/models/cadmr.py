@@ -44,7 +44,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -97,7 +97,7 @@ class CADMRParams(KernelAEParams):
     dropout: float = 0.2
     heads: int = 4
     attention_norm: bool = False
-    tc_weight: float = 0.5
+    tc_weight: float = 0.0
     tc_estimator: Literal["gaussian", "decorrelation"] = "gaussian"
     use_attention: bool = True
     refine: Literal["residual", "replace"] = "residual"
@@ -105,6 +105,7 @@ class CADMRParams(KernelAEParams):
     finetune_learning_rate: float = 0.0
     finetune_autoencoder: bool = True
     finetune_batch_size: int = 0
+    value_skip: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -299,6 +300,7 @@ class CADMR(KernelAE):
         self.features: dict[str, torch.Tensor] = {}
         self.query_rows: sp.csr_matrix | None = None
         self._fused: torch.Tensor | None = None  # (n_items, l) cache for scoring
+        self._query_scaled = False
 
     # ----------------------------------------------------------------- set-up and phases
 
@@ -321,6 +323,12 @@ class CADMR(KernelAE):
                 m: torch.as_tensor(np.asarray(features[m], dtype=np.float32))
                 for m in self.modalities
             }
+        if self.params.input_init == "active" and not self._query_scaled:
+            # the queries read the same sparse rows as the first layer: the same scale
+            with torch.no_grad():
+                q = self.attention.query
+                q.mul_(self.encoder[0].weight.std() / q.std())
+            self._query_scaled = True
         # the cross-attention queries are the same training rows as the autoencoder's input;
         # checked under their own name so a leak reports which use it reached
         self.query_rows = guard.check(
@@ -367,22 +375,32 @@ class CADMR(KernelAE):
         zero = torch.zeros((), device=self.device)
         return sum((estimator(codes[m]) for m in self.modalities), zero)
 
-    def context(self, items: np.ndarray, fused: torch.Tensor) -> torch.Tensor:
+    def context(
+        self, items: np.ndarray, fused: torch.Tensor, rows: sp.csr_matrix | None = None
+    ) -> torch.Tensor:
         """What the FFN maps back to U for ``items``: the cross-attention output over all
-        items, or (without CA) the item's own value vector; (B, latent_dim)."""
-        if self.params.use_attention:
-            return self.attention(to_torch_sparse(self.query_rows[items], self.device), fused)
+        items, or (without CA) the item's own value vector; (B, latent_dim). ``rows`` are
+        the query rows (default: the items' rows of R)."""
         index = self.tensor(np.asarray(items, dtype=np.int64))
-        return self.attention.value(fused[index])
+        if not self.params.use_attention:
+            return self.attention.value(fused[index])
+        rows = self.query_rows[items] if rows is None else rows
+        out = self.attention(to_torch_sparse(rows, self.device), fused)
+        if self.params.value_skip:
+            out = out + self.attention.value(fused[index])
+        return out
 
-    def refine(self, items: np.ndarray, fused: torch.Tensor) -> torch.Tensor:
-        """The autoencoder's fine-tuning input for ``items``: (B, n_users) dense."""
-        delta = self.ffn(self.context(items, fused))
+    def refine(self, items: np.ndarray, fused: torch.Tensor, corrupt: bool = False) -> torch.Tensor:
+        """The autoencoder's fine-tuning input for ``items``: (B, n_users) dense. With
+        ``corrupt``, the rows of R are corrupted as ``rating_rows`` says, one draw for both
+        the query and the residual (a held-out user is absent from both at test time)."""
+        rows = self.rating_rows(items, corrupt)
+        delta = self.ffn(self.context(items, fused, rows))
         if self.params.refine == "replace":
             return delta
         # R + delta, adding R's nonzeros into delta: the same sums as the dense R + delta
         # without two more (B, n_users) matrices (394 MB each for 512 Electronics items)
-        rows = self.item_user[items].tocoo()
+        rows = rows.tocoo()
         index = (self.tensor(rows.row.astype(np.int64)), self.tensor(rows.col.astype(np.int64)))
         return delta.index_put_(index, self.tensor(rows.data).to(delta.dtype), accumulate=True)
 
@@ -396,7 +414,7 @@ class CADMR(KernelAE):
         if self.phase == "pretrain":
             return self._pretrain_loss(batch.items)
         codes = self.modality_codes()  # all items: keys and values span the catalogue
-        out = self(self.refine(batch.items, self.fuse(codes)))
+        out = self(self.refine(batch.items, self.fuse(codes), corrupt=True))
         loss = self.reconstruction_loss(out, self.target_rows(batch.items)) + self.penalty()
         if self.params.tc_weight > 0:
             loss = loss + self.params.tc_weight * self.total_correlation(codes)
@@ -405,7 +423,7 @@ class CADMR(KernelAE):
     def _pretrain_loss(self, items: np.ndarray) -> torch.Tensor:
         """Autoencoder loss (exactly kernel_ae's) + the extractors' objective and TC."""
         p = self.params
-        code = self.encode(to_torch_sparse(self.item_user[items], self.device))
+        code = self.encode(to_torch_sparse(self.rating_rows(items, corrupt=True), self.device))
         loss = (
             self.reconstruction_loss(self.decoder(code), self.target_rows(items)) + self.penalty()
         )
@@ -422,12 +440,12 @@ class CADMR(KernelAE):
 
     # ----------------------------------------------------------------- scoring
 
-    def input_rows(self, items: np.ndarray) -> torch.Tensor:
+    def input_rows(self, items: np.ndarray, corrupt: bool = False) -> torch.Tensor:
         if self.phase == "finetune":
             if self._fused is None:
                 self._fused = self.fuse(self.modality_codes())
-            return self.refine(items, self._fused)
-        return super().input_rows(items)
+            return self.refine(items, self._fused, corrupt)
+        return super().input_rows(items, corrupt)
 
     @torch.no_grad()
     def prepare_scoring(self) -> None:
@@ -539,3 +557,35 @@ class CADMR(KernelAE):
             m: float((base - scores(self._occluded(m))).abs().mean()) for m in self.modalities
         }
         return self._shares(effects)
+
+
+@dataclass(frozen=True)
+class CADMRPaperParams(CADMRParams):
+    """CADMR as the paper and GLocal-K write it, with the settings this project used before
+    its study of sparse data (docs/cadmr.md, "The paper's CADMR and ours"): GLocal-K's
+    sigmoid units, Xavier initialisation, lambda_2 = 20 and no input corruption, the paper's
+    lambda = 0.5 on the total correlation, and the attention output alone as the FFN's input.
+    """
+
+    pos_weight: float = 10.0
+    lambda_2: float = 20.0
+    lambda_scale: Literal["fixed", "items"] = "fixed"
+    input_dropout: float = 0.0
+    input_init: Literal["xavier", "active"] = "xavier"
+    hidden_activation: Literal["sigmoid", "centered_sigmoid", "tanh"] = "sigmoid"
+    tc_weight: float = 0.5
+    value_skip: bool = False
+
+
+class CADMRPaper(CADMR):
+    """``cadmr_paper``: CADMR with the paper's settings (``CADMRPaperParams``); the same
+    model class, so every option of ``cadmr`` applies to it too."""
+
+    name = "cadmr_paper"
+    summary = (
+        "CADMR with the paper's settings: GLocal-K's sigmoid autoencoder, TC 0.5, no denoising."
+    )
+    params_cls = CADMRPaperParams
+    default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {
+        "pos_weight": (3.0, 10.0, 30.0, 100.0, 300.0)
+    }

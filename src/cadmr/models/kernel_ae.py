@@ -9,13 +9,21 @@ docs/CADMR.md decision 1; never a dense item x user matrix, as decision 5.
 Each item is one example: its row of the item x user training matrix R (n_items, n_users)
 goes through two sigmoid local-kernel layers (n_users -> hidden[0] -> hidden[1]) and an
 identity local-kernel output layer back to n_users. The score of (user u, item i) is the
-reconstruction of R[i, u].
+reconstruction of R[i, u]. While training, the input row may be corrupted (``input_dropout``,
+denoising) while the target stays the full row.
+
+The defaults differ from GLocal-K in five places, each chosen on validation because the
+GLocal-K settings leave the model at popularity level on sparse implicit data (Amazon
+Scientific, Baby): input dropout, the first layer's initial scale, zero-centred sigmoid
+units, a stronger L2 that grows with the catalogue, and the positive weight
+(``KernelAEParams``; evidence in docs/cadmr.md). ``cadmr_paper`` keeps GLocal-K's.
 
 Loss scaling. GLocal-K minimises a SUM over the whole matrix,
 ``J = sum (r - r_hat)^2 + lambda_2/2 * sum W^2 + lambda_s/2 * sum k^2`` (TensorFlow's
-``l2_loss`` halves), with lambda_2 = 20 and lambda_s = 0.006. We keep those values and
-divide the whole objective by the number of terms of its data part, so that the batch mean is
-an unbiased estimate of ``J / n_terms`` (same minimiser as the full-batch sum):
+``l2_loss`` halves), with lambda_2 = 20 and lambda_s = 0.006. We divide the whole
+objective by the number of terms of its data part, so that the batch mean is an unbiased
+estimate of ``J / n_terms`` (same minimiser as the full-batch sum); with
+``lambda_scale="items"`` the lambdas are first multiplied by n_items / 1,000:
 
 - ``loss="mse"``: the data part is the weighted squared error over ALL I x U entries (zeros
   included, weight ``pos_weight`` on positives), averaged over the batch's entries; the
@@ -45,6 +53,7 @@ its batch, so larger batches (512-1024) cost much less per epoch
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -66,31 +75,56 @@ SCORING_BLOCK = 4096  # items per block when encoding the whole catalogue for sc
 # and with freed memory kept for reuse (train/trainer.py) the heap fragmented around them,
 # once to 16.8 GiB (docs/scaling.md, "The scoring peak")
 DENSE_BLOCK_ENTRIES = 1 << 24
+HIDDEN_ACTIVATIONS = ("sigmoid", "centered_sigmoid", "tanh")
+LAMBDA_ITEMS = 1000.0  # lambda_scale="items": the lambdas hold for a catalogue of this size
 
 
 @dataclass(frozen=True)
 class KernelAEParams:
-    """Attributes:
-    hidden: Sizes of the two sigmoid local-kernel hidden layers (GLocal-K: 500, 500).
+    """Defaults are this project's, chosen on validation for sparse data (docs/cadmr.md,
+    "Why the autoencoder failed on sparse data"); ``cadmr_paper`` keeps GLocal-K's and the
+    paper's (``CADMRPaperParams``).
+
+    Attributes:
+    hidden: Sizes of the two local-kernel hidden layers (GLocal-K: 500, 500).
     kernel_dim: Dimension of the unit embeddings u, v of every local kernel (GLocal-K: 5).
     lambda_2: GLocal-K's L2 weight on W (sum-loss scale; divided as the module says).
+        GLocal-K: 20; ours 130 per 1,000 items (``lambda_scale``).
     lambda_s: GLocal-K's L2 weight on the kernels k (sum-loss scale; likewise).
-    pos_weight: Weight of the positive entries in the squared error (weighted MSE). The
-        default 10 was chosen on validation (docs/cadmr.md: 1 -> 10 lifts valid Recall@20
-        from 0.239 to 0.496 on synthetic-small, 0.280 to 0.396 on lfm2k; ml100k is flat).
+    lambda_scale: "fixed": the lambdas as given (GLocal-K). "items": multiplied by
+        n_items / 1,000 (each user's decoder weights meet one squared error per item, so
+        the penalty that balances them grows with the catalogue; valid-best lambda_2 was 200
+        on 1,549 items and about 1,000 on 7,050).
+    pos_weight: Weight of the positive entries in the squared error (weighted MSE); 100
+        was the valid-best of {30, 100, 300} on Amazon Scientific (density 0.3 %); the
+        grid (``default_search``) reaches down to the dense datasets' 3-10.
     loss: "mse" (weighted MSE over all entries) or "multinomial" (softmax over users).
     global_kernel: Add GLocal-K's global-kernel fine-tuning phase after pretraining.
     global_kernel_size: Side g of the global convolution kernel (GLocal-K: 3; odd).
+    input_dropout: Denoising: while training, each observed entry of an input row is
+        dropped with this probability (the kept ones scaled by 1 / (1 - p)) and the
+        full row is still the target, so the model learns to predict interactions it
+        does not see, as it must at test time (GLocal-K: 0; ours 0.7).
+    input_init: "xavier" (GLocal-K) or "active": the first layer's weights rescaled so
+        that an item row of mean length gives unit pre-activation variance (Xavier sizes
+        them for dense rows; a sparse 0/1 row of 9 users out of 2,843 starts 14x smaller).
+    hidden_activation: "sigmoid" (GLocal-K), "centered_sigmoid" (sigmoid - 1/2: the same
+        functions, the offset absorbed by the next layer's bias, but zero-mean codes, which
+        removes the popularity-level plateau at the start of training) or "tanh".
     """
 
     hidden: tuple[int, ...] = (500, 500)
     kernel_dim: int = 5
-    lambda_2: float = 20.0
+    lambda_2: float = 130.0
     lambda_s: float = 0.006
-    pos_weight: float = 10.0
+    lambda_scale: Literal["fixed", "items"] = "items"
+    pos_weight: float = 100.0
     loss: Literal["mse", "multinomial"] = "mse"
     global_kernel: bool = False
     global_kernel_size: int = 3
+    input_dropout: float = 0.7
+    input_init: Literal["xavier", "active"] = "active"
+    hidden_activation: Literal["sigmoid", "centered_sigmoid", "tanh"] = "centered_sigmoid"
 
     def __post_init__(self) -> None:
         if not self.hidden or any(h <= 0 for h in self.hidden) or self.kernel_dim <= 0:
@@ -101,6 +135,17 @@ class KernelAEParams:
             raise ValueError(f"loss must be 'mse' or 'multinomial', got {self.loss!r}")
         if self.global_kernel_size < 1 or self.global_kernel_size % 2 == 0:
             raise ValueError("global_kernel_size must be a positive odd number")
+        if self.hidden_activation not in HIDDEN_ACTIVATIONS:
+            raise ValueError(
+                f"hidden_activation must be one of {HIDDEN_ACTIVATIONS}, "
+                f"got {self.hidden_activation!r}"
+            )
+        if self.lambda_scale not in ("fixed", "items"):
+            raise ValueError(f"lambda_scale must be 'fixed' or 'items', got {self.lambda_scale!r}")
+        if self.input_init not in ("xavier", "active"):
+            raise ValueError(f"input_init must be 'xavier' or 'active', got {self.input_init!r}")
+        if not 0.0 <= self.input_dropout < 1.0:
+            raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout}")
 
 
 @dataclass(frozen=True)
@@ -119,11 +164,14 @@ class KernelAE(TorchRecommender):
     params_cls = KernelAEParams
     scoring_block: int = SCORING_BLOCK  # item rows encoded at once by prepare_scoring
     item_block = 8192  # rankings stream item blocks (models/base.py ranked_topk)
-    # pos_weight is our adaptation to implicit data (docs/cadmr.md); GLocal-K and the CADMR
-    # paper publish no grid for it, so this is ours: the values docs/cadmr.md compared, whose
-    # validation best differed by dataset (3 on ml100k, 30 on lfm2k and Baby). CADMR
-    # inherits it.
-    default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {"pos_weight": (3.0, 10.0, 30.0)}
+    # pos_weight is our adaptation to implicit data and GLocal-K's lambda_2 was never
+    # validated for it; neither paper publishes a grid, so this is ours (docs/cadmr.md):
+    # sparse catalogues select the large weight and L2 (Scientific: 100, 130), dense ones
+    # the small (ml100k: 3, 13; lfm2k: 10, 13). CADMR inherits it.
+    default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {
+        "pos_weight": (3.0, 10.0, 30.0, 100.0, 300.0),
+        "lambda_2": (13.0, 130.0),
+    }
 
     def __init__(
         self,
@@ -143,6 +191,8 @@ class KernelAE(TorchRecommender):
             self.global_kernel_map = nn.Parameter(torch.empty(n_items, g * g))
             nn.init.trunc_normal_(self.global_kernel_map, std=0.1, a=-0.2, b=0.2)
         self.item_user: sp.csr_matrix | None = None
+        self._input_scaled = False
+        self._noise = torch.Generator()  # input dropout's draws (reseeded each epoch)
         self.phase = self.phases()[0]
         self._hidden: torch.Tensor | None = None  # (n_items, hidden[-1]) cache for scoring
         self._pooled: torch.Tensor | None = None  # (n_items,) item means for the global kernel
@@ -155,6 +205,13 @@ class KernelAE(TorchRecommender):
         r.sort_indices()
         self.item_user = guard.check(r, "kernel AE input/target", layout="item_user")
         self._hidden = None
+        if self.params.input_init == "active" and not self._input_scaled:
+            # unit pre-activation variance for an item row of mean length
+            mean_nnz = max(r.nnz / max(r.shape[0], 1), 1.0)
+            with torch.no_grad():
+                w = self.encoder[0].weight
+                w.mul_((1.0 / math.sqrt(mean_nnz)) / w.std())
+            self._input_scaled = True
 
     def phases(self) -> tuple[str, ...]:
         return ("pretrain", "finetune") if self.params.global_kernel else ("train",)
@@ -176,7 +233,7 @@ class KernelAE(TorchRecommender):
         """Last hidden layer: (B, n_users) dense or sparse -> (B, hidden[-1])."""
         h = x
         for layer in self.encoder:
-            h = torch.sigmoid(layer(h))
+            h = hidden_activation(layer(h), self.params.hidden_activation)
         return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,15 +277,34 @@ class KernelAE(TorchRecommender):
         out = F.conv2d(dense[:, None], self.global_kernel()[None, None], padding=(0, half))
         return torch.relu(out[:, 0, 0])  # (B, n_users)
 
-    def input_rows(self, items: np.ndarray) -> torch.Tensor:
-        """The autoencoder's input for ``items``: sparse rows of R, or their global
-        convolution in the global-kernel phase; (B, n_users)."""
+    def rating_rows(self, items: np.ndarray, corrupt: bool = False) -> sp.csr_matrix:
+        """Rows of R for ``items``; with ``corrupt`` (a training loss in training mode) and
+        ``input_dropout`` p, each entry is dropped with probability p and the kept ones are
+        scaled by 1 / (1 - p) (denoising)."""
+        rows = self.item_user[items]
+        p = self.params.input_dropout
+        if not (corrupt and self.training and p > 0):
+            return rows
+        keep = (torch.rand(rows.nnz, generator=self._noise) >= p).numpy()
+        data = np.where(keep, rows.data / (1.0 - p), 0.0).astype(np.float32)
+        out = sp.csr_matrix((data, rows.indices, rows.indptr), shape=rows.shape)
+        out.eliminate_zeros()
+        return out
+
+    def input_rows(self, items: np.ndarray, corrupt: bool = False) -> torch.Tensor:
+        """The autoencoder's input for ``items``: sparse rows of R (corrupted as
+        ``rating_rows`` says), or their global convolution in the global-kernel phase;
+        (B, n_users)."""
         if self.uses_global_kernel:
             return self.global_conv_rows(items)
-        return to_torch_sparse(self.item_user[items], self.device)
+        return to_torch_sparse(self.rating_rows(items, corrupt), self.device)
 
     def batches(self, rng: np.random.Generator, batch_size: int) -> ShuffledBatches[ItemBatch]:
         self._hidden = None  # parameters will change
+        if self.params.input_dropout > 0:
+            # its own generator, so the extractors' dropout in CADMR's pretraining phase
+            # does not change the autoencoder's draws
+            self._noise.manual_seed(int(rng.integers(2**62)))
         if self.uses_global_kernel:
             self._pooled = self.item_means()  # once per epoch (module docstring)
         return ShuffledBatches(self.n_items, batch_size, rng, ItemBatch)
@@ -242,6 +318,8 @@ class KernelAE(TorchRecommender):
         of terms of the data loss over the whole matrix (module docstring)."""
         p = self.params
         n_terms = self.n_items * (self.n_users if p.loss == "mse" else 1)
+        if p.lambda_scale == "items":  # lambdas given per 1,000 items (module docstring)
+            n_terms = n_terms * LAMBDA_ITEMS / self.n_items
         total = torch.zeros((), device=self.device)
         for layer in self.kernel_layers():
             weight, kernel = layer.penalties()  # the global kernel map is not penalised
@@ -259,7 +337,7 @@ class KernelAE(TorchRecommender):
 
     def loss(self, batch: ItemBatch) -> torch.Tensor:
         with shared_kernels(self.kernel_layers()):
-            out = self(self.input_rows(batch.items))  # (B, n_users)
+            out = self(self.input_rows(batch.items, corrupt=True))  # (B, n_users)
             return self.reconstruction_loss(out, self.target_rows(batch.items)) + self.penalty()
 
     @torch.no_grad()
@@ -292,6 +370,17 @@ class KernelAE(TorchRecommender):
     def load_state(self, state: Mapping[str, Any]) -> None:
         super().load_state(state)
         self._hidden = self._pooled = None
+
+
+def hidden_activation(x: torch.Tensor, name: str) -> torch.Tensor:
+    """GLocal-K's sigmoid, or the same unit shifted to zero mean (``centered_sigmoid``:
+    sigmoid - 1/2, the offset absorbed by the next layer's bias, so the same functions), or
+    tanh."""
+    if name == "sigmoid":
+        return torch.sigmoid(x)
+    if name == "centered_sigmoid":
+        return torch.sigmoid(x) - 0.5
+    return torch.tanh(x)
 
 
 class _WeightedSquaredError(torch.autograd.Function):
