@@ -1,40 +1,82 @@
 #!/usr/bin/env bash
-# CADMR, its ablations, the autoencoder alone and two references on one dataset, over seeds;
-# every choice (epochs, EASE's lambda) made on validation. Usage:
-#   [AE_SETS="--set params.pos_weight=3"] scripts/cadmr_table.sh DATASET [SEED ...]
-# (default seeds 0 1 2). AE_SETS goes to the autoencoder-based runs (cadmr*, kernel_ae):
-# the positive weight chosen for the dataset on validation (docs/cadmr.md).
-# then: .venv/bin/python scripts/seed_table.py runs/table/DATASET
-# Runs are resumable: finished runs (results.json present) are skipped.
-# The autoencoder-based runs use patience 5 and at most 60 epochs per phase (the 2-core
-# budget); LightGCN keeps its defaults (patience 20, up to 1000 epochs), so the reference is
-# not starved.
+# CADMR, its ablations, the paper's CADMR, the autoencoder alone and the references on one
+# dataset, over seeds; every choice made on validation (docs/cadmr.md). Usage:
+#   scripts/cadmr_table.sh DATASET [SEED ...]        (default seeds 0 1 2)
+#   .venv/bin/python scripts/seed_table.py runs/table/DATASET
+#
+# 1. `cadmr tune -m kernel_ae` on the first seed picks the positive weight and lambda_2 from
+#    the model's grid; every autoencoder-based run of every seed uses them (CADMR's
+#    pretraining phase IS the autoencoder, so its best values are CADMR's too).
+#    `cadmr_paper` picks its own positive weight from the same values, with the paper's
+#    settings otherwise.
+# 2. Each seed trains: kernel_ae; cadmr (our defaults); cadmr-tc (the paper's TC weight
+#    0.5); cadmr-no-ca (without cross-attention: each item's own value vector); cadmr-ca-only
+#    (the attention output alone, as the paper, no skip of the item's own value);
+#    cadmr_paper; ease (its lambda grid); lightgcn and, where the data has features,
+#    freedom (defaults). HEADS="1 2 8" adds cadmr-headsH runs for the first seed.
+# Every run early-stops on validation with the trainer's defaults (patience 20). Finished
+# runs (results.json present) are skipped. One thread per run: start two datasets at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dataset=$1; shift
 seeds=("${@:-0 1 2}")
-common=(--quiet --set train.patience=5 --set train.epochs=60 --set train.num_threads=1)
+read -r -a seeds <<< "${seeds[*]}"
+root=runs/table/$dataset
+common=(--quiet --set train.num_threads=1)
+chosen() {  # `--set` arguments for the parameters a tune run selected on validation
+  .venv/bin/python -c "
+import json, sys
+params = json.load(open(sys.argv[1]))['params']
+print(' '.join(f'--set params.{k}={params[k]}' for k in sys.argv[2:]))" "$@"
+}
+
+# kernel_ae searches its grid (default_search: positive weight x lambda_2); cadmr_paper the
+# positive weight only, at GLocal-K's lambda_2
+[[ -f $root/tune-kernel_ae/results.json ]] || .venv/bin/cadmr tune -m kernel_ae -d "$dataset" \
+  --seed "${seeds[0]}" --out "$root/tune-kernel_ae" "${common[@]}" > /dev/null
+[[ -f $root/tune-cadmr_paper/results.json ]] || .venv/bin/cadmr tune -m cadmr_paper -d "$dataset" \
+  --seed "${seeds[0]}" --out "$root/tune-cadmr_paper" "${common[@]}" \
+  --set 'search.pos_weight=[3.0,10.0,30.0,100.0,300.0]' > /dev/null
+ours=$(chosen "$root/tune-kernel_ae/results.json" pos_weight lambda_2)
+paper=$(chosen "$root/tune-cadmr_paper/results.json" pos_weight)
+echo "$(date +%T) $dataset: ours $ours; paper's settings $paper"
+
 declare -A variants=(
-  [cadmr]=""
-  [cadmr-no-tc]="--set params.tc_weight=0"
-  [cadmr-no-ca]="--set params.use_attention=false"
-  [cadmr-frozen]="--set params.finetune_autoencoder=false"
-  [kernel_ae]=""
-  [ease]=""
-  [lightgcn]="--set train.patience=20 --set train.epochs=1000"
+  [kernel_ae]="kernel_ae $ours"
+  [cadmr]="cadmr $ours"
+  [cadmr-tc]="cadmr $ours --set params.tc_weight=0.5"
+  [cadmr-no-ca]="cadmr $ours --set params.use_attention=false"
+  [cadmr-ca-only]="cadmr $ours --set params.value_skip=false"
+  [cadmr_paper]="cadmr_paper $paper"
+  [lightgcn]="lightgcn"
+  [freedom]="freedom"
 )
-for seed in ${seeds[@]}; do
-  for v in cadmr cadmr-no-tc cadmr-no-ca cadmr-frozen kernel_ae ease lightgcn; do
-    out=runs/table/$dataset/$v-seed$seed
+has_features=$(.venv/bin/python -c "
+import sys
+from cadmr.data.sources import resolve_dataset
+print(int(bool(resolve_dataset(sys.argv[1]).features)))" "$dataset")
+for seed in "${seeds[@]}"; do
+  names=(kernel_ae lightgcn)
+  (( has_features )) && names+=(cadmr cadmr-tc cadmr-no-ca cadmr-ca-only cadmr_paper freedom)
+  for v in "${names[@]}"; do
+    out=$root/$v-seed$seed
     [[ -f $out/results.json ]] && continue
-    model=${v%%-*}
-    ae=""
-    [[ $model == cadmr || $model == kernel_ae ]] && ae=${AE_SETS:-}
-    cmd=train
-    [[ $model == ease ]] && cmd=tune  # EASE's lambda grid, chosen on validation
     # shellcheck disable=SC2086
-    .venv/bin/cadmr $cmd -m "$model" -d "$dataset" --seed "$seed" --out "$out" \
-      "${common[@]}" ${variants[$v]} $ae > /dev/null
+    .venv/bin/cadmr train -m ${variants[$v]} -d "$dataset" --seed "$seed" --out "$out" \
+      "${common[@]}" > /dev/null
     echo "$(date +%T) $dataset $v seed $seed done"
   done
+  out=$root/ease-seed$seed
+  [[ -f $out/results.json ]] || .venv/bin/cadmr tune -m ease -d "$dataset" --seed "$seed" \
+    --out "$out" "${common[@]}" > /dev/null
 done
+if (( has_features )); then
+  for heads in ${HEADS:-}; do
+    out=$root/cadmr-heads$heads-seed${seeds[0]}
+    [[ -f $out/results.json ]] && continue
+    # shellcheck disable=SC2086
+    .venv/bin/cadmr train -m cadmr $ours -d "$dataset" --seed "${seeds[0]}" --out "$out" \
+      "${common[@]}" --set params.heads="$heads" > /dev/null
+    echo "$(date +%T) $dataset cadmr heads $heads done"
+  done
+fi
