@@ -2,15 +2,17 @@
 
 Usage:
     python benchmarks/cadmr_epoch.py [--datasets synthetic-baby lfm2k] [--threads 2]
-        [--batch-sizes 64 1024] [--max-batches 8] [--device cuda]
+        [--batch-sizes 64 1024] [--max-batches 8] [--device cuda] [--models cadmr cadmr_paper]
 
-For each dataset, phase (pretrain, finetune) and item batch size, a fresh process builds
-the dataset and a default CADMR, times ``--max-batches`` training steps after one warm-up
-step and extrapolates to a full epoch (exact when the epoch has no more batches), counts
-the matrix-product FLOPs of one step (``_machine.flop_counter``: sparse products by their
-non-zeros), measures the machine's fp32 matmul GFLOP/s in that process right after, and
-reports the dense-FLOP time (FLOPs / that rate), the epoch's multiple of it, and the peak
-resident memory of that process; a last table sums the two phases into CADMR's epoch.
+For each model (``cadmr``, default; ``cadmr_paper``: the paper's settings, to compare the
+two side by side in one run), dataset, phase (pretrain, finetune) and item batch size, a
+fresh process builds the dataset and the model with its defaults, times ``--max-batches``
+training steps after one warm-up step and extrapolates to a full epoch (exact when the
+epoch has no more batches), counts the matrix-product FLOPs of one step
+(``_machine.flop_counter``: sparse products by their non-zeros), measures the machine's
+fp32 matmul GFLOP/s in that process right after, and reports the dense-FLOP time (FLOPs /
+that rate), the epoch's multiple of it, and the peak resident memory of that process; a
+last table sums the two phases into each model's epoch.
 The first line states the machine: cores, torch threads, fp32 matmul GFLOP/s and memory GB/s.
 With ``--device cuda`` CADMR trains on the GPU and the rates are the GPU's (its dense-FLOP
 time is then the GPU's fp32 bound).
@@ -35,6 +37,7 @@ from cadmr.train.trainer import build_model, make_optimizer, retain_freed_memory
 
 
 def measure(
+    name: str,
     spec: str,
     phase: str,
     batch_size: int,
@@ -46,7 +49,7 @@ def measure(
     torch.set_num_threads(threads)
     retain_freed_memory()  # as the trainer does
     dataset = resolve_dataset(spec)
-    config = resolve_run_config("cadmr", spec, extra={"train": {"batch_size": batch_size}})
+    config = resolve_run_config(name, spec, extra={"train": {"batch_size": batch_size}})
     model = build_model(config, config.params, dataset)
     model.setup(dataset.train, dataset.features, LeakageGuard(dataset))
     model.to(device)
@@ -75,6 +78,7 @@ def measure(
     out.put(
         {
             "machine_gflops": matmul_gflops(device=device),
+            "model": name,
             "dataset": dataset.name,
             "size": f"{dataset.n_users}x{dataset.n_items}",
             "phase": phase,
@@ -96,60 +100,72 @@ def main() -> None:
     parser.add_argument("--max-batches", type=int, default=8)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (train.device)")
+    parser.add_argument("--models", nargs="+", default=["cadmr"], help="cadmr and/or cadmr_paper")
     args = parser.parse_args()
 
     print(machine_line(args.threads, args.device))
     print()
     print(
-        "| dataset | users x items | phase | item batch | batches/epoch | s/epoch | "
+        "| model | dataset | users x items | phase | item batch | batches/epoch | s/epoch | "
         "GFLOP/epoch | achieved GFLOP/s | machine GFLOP/s | dense-FLOP s | x dense | "
         "peak RSS GiB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     ctx = mp.get_context("spawn")
-    epochs: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    for spec in args.datasets:
-        for phase in ("pretrain", "finetune"):
-            for batch_size in args.batch_sizes:
-                queue = ctx.Queue()
-                proc = ctx.Process(
-                    target=measure,
-                    args=(
-                        spec,
-                        phase,
-                        batch_size,
-                        args.max_batches,
-                        args.threads,
-                        args.device,
-                        queue,
-                    ),
-                )
-                proc.start()
-                proc.join()
-                if proc.exitcode != 0:
-                    print(
-                        f"| {spec} | - | {phase} | {batch_size} | failed (exit {proc.exitcode}) |"
-                    )
-                    continue
-                r = queue.get()
-                extrapolated = "" if r["timed"] + 1 >= r["batches"] else "*"
-                dense_s = r["gflop"] / r["machine_gflops"]
-                epochs.setdefault((r["dataset"], batch_size), []).append((r["epoch_s"], dense_s))
-                print(
-                    f"| {r['dataset']} | {r['size']} | {r['phase']} | {r['batch']} | "
-                    f"{r['batches']} | {r['epoch_s']:.1f}{extrapolated} | {r['gflop']:.0f} | "
-                    f"{r['gflops']:.1f} | {r['machine_gflops']:.0f} | {dense_s:.1f} | "
-                    f"{r['epoch_s'] / dense_s:.2f} | {r['peak_gib']:.2f} |",
-                    flush=True,
-                )
+    epochs: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
+    runs = [
+        (name, spec, phase, batch_size)
+        for spec in args.datasets
+        for phase in ("pretrain", "finetune")
+        for batch_size in args.batch_sizes
+        for name in args.models  # the models side by side, interleaved
+    ]
+    for name, spec, phase, batch_size in runs:
+        queue = ctx.Queue()
+        proc = ctx.Process(
+            target=measure,
+            args=(
+                name,
+                spec,
+                phase,
+                batch_size,
+                args.max_batches,
+                args.threads,
+                args.device,
+                queue,
+            ),
+        )
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            print(
+                f"| {name} | {spec} | - | {phase} | {batch_size} | failed (exit {proc.exitcode}) |"
+            )
+            continue
+        r = queue.get()
+        extrapolated = "" if r["timed"] + 1 >= r["batches"] else "*"
+        dense_s = r["gflop"] / r["machine_gflops"]
+        key = (name, r["dataset"], batch_size)
+        epochs.setdefault(key, []).append((r["epoch_s"], dense_s))
+        print(
+            f"| {name} | {r['dataset']} | {r['size']} | {r['phase']} | {r['batch']} | "
+            f"{r['batches']} | {r['epoch_s']:.1f}{extrapolated} | {r['gflop']:.0f} | "
+            f"{r['gflops']:.1f} | {r['machine_gflops']:.0f} | {dense_s:.1f} | "
+            f"{r['epoch_s'] / dense_s:.2f} | {r['peak_gib']:.2f} |",
+            flush=True,
+        )
     print()
-    print("| dataset | item batch | epoch s (pretrain + finetune) | dense-FLOP s | x dense |")
-    print("|---|---|---|---|---|")
-    for (name, batch_size), phases in epochs.items():
+    print(
+        "| model | dataset | item batch | epoch s (pretrain + finetune) | dense-FLOP s | x dense |"
+    )
+    print("|---|---|---|---|---|---|")
+    for (name, data, batch_size), phases in epochs.items():
         if len(phases) == 2:
             epoch_s, dense_s = (sum(p[i] for p in phases) for i in (0, 1))
             ratio = epoch_s / dense_s
-            print(f"| {name} | {batch_size} | {epoch_s:.1f} | {dense_s:.1f} | {ratio:.2f} |")
+            print(
+                f"| {name} | {data} | {batch_size} | {epoch_s:.1f} | {dense_s:.1f} | {ratio:.2f} |"
+            )
     print()
     print(f"* extrapolated from {args.max_batches} timed steps after one warm-up step")
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 import cadmr.experiments.cache as cache_mod
-from cadmr.cli import main
+from cadmr.cli import ABLATION, main
 from cadmr.data.synthetic import make_synthetic
 from cadmr.experiments import compare, run_key, summarize, to_csv, to_markdown
 from cadmr.train import resolve_run_config
@@ -187,9 +187,14 @@ def test_cli_ablation_and_heads(experiment, tmp_path, capsys):
     data = json.loads((out / f"{experiment}.json").read_text())
     shown = [r["model"] for r in data["rows"]]
     if experiment == "ablation":
-        assert shown == ["CADMR", "w/o DRL (TC)", "w/o CA", "popularity"]
-        assert data["runs"]["w/o DRL (TC)"][0]["params"]["tc_weight"] == 0
-        assert data["runs"]["w/o CA"][0]["params"]["use_attention"] is False
+        assert shown == [*ABLATION, "popularity"]
+        runs = data["runs"]
+        assert runs["CADMR"][0]["params"]["tc_weight"] == 0
+        assert runs["with DRL (TC, lambda 0.5)"][0]["params"]["tc_weight"] == 0.5
+        assert runs["w/o CA (own value only)"][0]["params"]["use_attention"] is False
+        assert runs["CA only (no value skip)"][0]["params"]["value_skip"] is False
+        assert runs["paper's settings"][0]["params"]["tc_weight"] == 0.5  # cadmr_paper
+        assert runs["paper's settings"][0]["params"]["input_dropout"] == 0
     else:
         assert shown == ["1 heads", "2 heads", "popularity"]
         png = (out / "heads.png").read_bytes()
