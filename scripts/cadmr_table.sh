@@ -13,7 +13,8 @@
 #    0.5); cadmr-no-ca (without cross-attention: each item's own value vector); cadmr-ca-only
 #    (the attention output alone, as the paper, no skip of the item's own value);
 #    cadmr_paper; ease (its lambda grid); lightgcn and, where the data has features,
-#    freedom (defaults). HEADS="1 2 8" adds cadmr-headsH runs for the first seed.
+#    freedom (defaults). HEADS="1 2 8" adds cadmr-headsH runs for the first seed;
+#    SKIP="lightgcn freedom ..." leaves those runs out (e.g. references already measured).
 # Every run early-stops on validation with the trainer's defaults (patience 20). Finished
 # runs (results.json present) are skipped. One thread per run: start two datasets at once.
 set -euo pipefail
@@ -33,12 +34,14 @@ print(' '.join(f'--set params.{k}={params[k]}' for k in sys.argv[2:]))" "$@"
 # kernel_ae searches its grid (default_search: positive weight x lambda_2); cadmr_paper the
 # positive weight only, at GLocal-K's lambda_2
 [[ -f $root/tune-kernel_ae/results.json ]] || .venv/bin/cadmr tune -m kernel_ae -d "$dataset" \
-  --seed "${seeds[0]}" --out "$root/tune-kernel_ae" "${common[@]}" > /dev/null
-[[ -f $root/tune-cadmr_paper/results.json ]] || .venv/bin/cadmr tune -m cadmr_paper -d "$dataset" \
-  --seed "${seeds[0]}" --out "$root/tune-cadmr_paper" "${common[@]}" \
-  --set 'search.pos_weight=[3.0,10.0,30.0,100.0,300.0]' > /dev/null
+  --seed "${seeds[0]}" --out "$root/tune-kernel_ae" --resume "${common[@]}" > /dev/null
+skipped() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
+skipped cadmr_paper || [[ -f $root/tune-cadmr_paper/results.json ]] || .venv/bin/cadmr tune \
+  -m cadmr_paper -d "$dataset" --seed "${seeds[0]}" --out "$root/tune-cadmr_paper" --resume \
+  "${common[@]}" --set 'search.pos_weight=[3.0,10.0,30.0,100.0,300.0]' > /dev/null
 ours=$(chosen "$root/tune-kernel_ae/results.json" pos_weight lambda_2)
-paper=$(chosen "$root/tune-cadmr_paper/results.json" pos_weight)
+paper=""
+skipped cadmr_paper || paper=$(chosen "$root/tune-cadmr_paper/results.json" pos_weight)
 echo "$(date +%T) $dataset: ours $ours; paper's settings $paper"
 
 declare -A variants=(
@@ -60,7 +63,7 @@ for seed in "${seeds[@]}"; do
   (( has_features )) && names+=(cadmr cadmr-tc cadmr-no-ca cadmr-ca-only cadmr_paper freedom)
   for v in "${names[@]}"; do
     out=$root/$v-seed$seed
-    [[ -f $out/results.json ]] && continue
+    [[ -f $out/results.json ]] || skipped "$v" && continue
     # shellcheck disable=SC2086
     .venv/bin/cadmr train -m ${variants[$v]} -d "$dataset" --seed "$seed" --out "$out" \
       "${common[@]}" > /dev/null

@@ -19,7 +19,8 @@ from pathlib import Path
 from cadmr.experiments import summarize, to_markdown
 
 ORDER = (
-    "cadmr", "cadmr-no-tc", "cadmr-no-ca", "cadmr-frozen", "kernel_ae", "ease", "lightgcn",
+    "cadmr", "cadmr-tc", "cadmr-no-ca", "cadmr-ca-only", "cadmr_paper", "cadmr-no-tc",
+    "cadmr-frozen", "kernel_ae", "ease", "lightgcn",
     "bpr", "vbpr", "lattice", "freedom", "freedom+mg", "dragon", "dragon+mg", "bm3", "slmrec",
     "addvae", "pop",
 )  # fmt: skip
