@@ -19,7 +19,8 @@ from pathlib import Path
 from cadmr.experiments import summarize, to_markdown
 
 ORDER = (
-    "cadmr", "cadmr-tc", "cadmr-no-ca", "cadmr-ca-only", "cadmr_paper", "cadmr-no-tc",
+    "cadmr", "cadmr-tc", "cadmr-no-ca", "cadmr-ca-only", "cadmr-heads1", "cadmr-heads2",
+    "cadmr-heads8", "cadmr-norm", "cadmr_paper", "cadmr-no-tc",
     "cadmr-frozen", "kernel_ae", "ease", "lightgcn",
     "bpr", "vbpr", "lattice", "freedom", "freedom+mg", "dragon", "dragon+mg", "bm3", "slmrec",
     "addvae", "pop",
@@ -39,7 +40,8 @@ def table(runs_dir: Path) -> str:
     by_variant = collect(runs_dir)
     if not by_variant:
         raise SystemExit(f"no finished runs under {runs_dir}")
-    names = [v for v in ORDER if v in by_variant] + sorted(set(by_variant) - set(ORDER))
+    rest = sorted(set(by_variant) - set(ORDER), key=lambda v: (v.endswith("-e2e"), v))
+    names = [v for v in ORDER if v in by_variant] + rest  # end-to-end variants last
     rows = summarize({name: by_variant[name] for name in names})
     return f"{runs_dir.name}: test split, mean ± std over seeds (sample std)\n\n" + to_markdown(
         rows

@@ -47,14 +47,29 @@ def test_feature_datasets_load_and_ease_beats_popularity(name, tmp_path):
 
 
 def test_cadmr_on_ml100k_matches_its_measured_band(tmp_path):
-    """docs/cadmr.md: CADMR (pos_weight 3, patience 5) reaches test R@20 0.3388 +- 0.0020
-    over 3 seeds on ml100k, and its pretraining phase is the autoencoder alone."""
+    """docs/cadmr.md: CADMR at ml100k's selection (pos_weight 3, lambda_2 13) reaches test
+    R@20 0.3434 +- 0.0085 over 3 seeds, and its pretraining phase is the autoencoder alone."""
     data = _data("ml100k")
     extra = {
-        "train": {"progress": False, "patience": 5, "epochs": 60},
-        "params": {"pos_weight": 3.0},
+        "train": {"progress": False},
+        "params": {"pos_weight": 3.0, "lambda_2": 13.0},
     }
     res = run(resolve_run_config("cadmr", "ml100k", extra=extra), data, tmp_path, echo=False)
-    assert 0.330 <= res["test"]["recall@20"] <= 0.348
+    assert 0.330 <= res["test"]["recall@20"] <= 0.360
     assert [p["phase"] for p in res["phases"]] == ["pretrain", "finetune"]
     assert res["valid"]["recall@20"] >= res["phases"][0]["valid"]["recall@20"]
+
+
+def test_autoencoder_defaults_on_sparse_scientific(tmp_path):
+    """docs/cadmr.md: with its defaults the autoencoder reaches test R@20 0.2311 +- 0.0047
+    on Amazon Scientific (3 seeds; EASE 0.2257, popularity 0.0962); with GLocal-K's
+    settings it stayed near popularity (0.1133)."""
+    data = _data("scientific")
+    res = run(
+        resolve_run_config("kernel_ae", "scientific", extra={"train": {"progress": False}}),
+        data,
+        tmp_path,
+        echo=False,
+    )
+    assert res["test"]["recall@20"] >= 0.215
+    assert res["test"]["recall@20"] > 2 * res["popularity"]["recall@20"]
