@@ -354,22 +354,23 @@ def test_reconstruct_objective_trains_its_heads(data):
     assert _groups(model)["reconstruct_heads"] <= _reached(model)
 
 
+def autoencoder_and_cadmr(
+    data: Dataset, tmp_path, common: dict, ae_params: dict, cadmr_params: dict
+) -> tuple[dict, dict]:
+    """Results of kernel_ae and of CADMR trained on ``data`` with the same seed and
+    training settings ``common``."""
+    runs = []
+    for model, params in (("kernel_ae", ae_params), ("cadmr", cadmr_params)):
+        config = resolve_run_config(model, "d", extra={**common, "params": params})
+        runs.append(run(config, data, tmp_path / model, echo=False))
+    return runs[0], runs[1]
+
+
 def test_pretraining_phase_is_the_autoencoder_alone(data, tmp_path):
     """Same seed: CADMR's pretraining reproduces kernel_ae's validation curve exactly."""
     common = {"train": {"epochs": 3, "progress": False}}
     ae_params = {"hidden": [16, 8]}
-    ae = run(
-        resolve_run_config("kernel_ae", "d", extra={**common, "params": ae_params}),
-        data,
-        tmp_path / "ae",
-        echo=False,
-    )
-    full = run(
-        resolve_run_config("cadmr", "d", extra={**common, "params": SMALL}),
-        data,
-        tmp_path / "cadmr",
-        echo=False,
-    )
+    ae, full = autoencoder_and_cadmr(data, tmp_path, common, ae_params, SMALL)
     assert full["phases"][0]["valid"] == ae["valid"]
     assert full["phases"][0]["best_epoch"] == ae["best_epoch"]
 
@@ -505,18 +506,7 @@ def test_multimodal_part_finds_what_only_the_features_reveal(planted, tmp_path):
     randomly within it would give about 20 / 98 = 0.2)."""
     common = {"train": {"epochs": 40, "patience": 10, "progress": False}}
     small = {"hidden": [64, 64]}
-    ae = run(
-        resolve_run_config("kernel_ae", "p", extra={**common, "params": small}),
-        planted,
-        tmp_path / "ae",
-        echo=False,
-    )
-    full = run(
-        resolve_run_config("cadmr", "p", extra={**common, "params": {**small, **SMALL_MM}}),
-        planted,
-        tmp_path / "cadmr",
-        echo=False,
-    )
+    ae, full = autoencoder_and_cadmr(planted, tmp_path, common, small, {**small, **SMALL_MM})
     assert ae["test"]["recall@20"] < 0.06
     assert full["test"]["recall@20"] > max(0.09, 2 * ae["test"]["recall@20"])
     assert full["selected_phase"] == "finetune"

@@ -24,40 +24,26 @@ from cadmr.train.trainer import build_model, load_model
 ALL = sorted(MODELS)
 TORCH = sorted(n for n, c in MODELS.items() if issubclass(c, TorchRecommender))
 
+# small batches and a large learning rate: enough steps on the tiny known-answer data
+SMALL_STEPS = {"epochs": 60, "batch_size": 8, "learning_rate": 0.01, "patience": 20}
+SMALL_MM = {"latent_dim": 16, "modality_dim": 8, "extractor_hidden": 16}  # CADMR's blocks
+
 # Per-model training settings for the known-answer task (defaults below otherwise).
 KNOWN_ANSWER_SETTINGS: dict[str, dict] = {
     # 30 items are 30 training examples for the item autoencoder: a small network, and the
     # positive weight of dense data (each user has half a group's items; the grid's 10)
-    "kernel_ae": {
-        "params": {"hidden": [32, 32], "pos_weight": 10.0},
-        "train": {"epochs": 60, "batch_size": 8, "learning_rate": 0.01, "patience": 20},
-    },
+    "kernel_ae": {"params": {"hidden": [32, 32], "pos_weight": 10.0}, "train": SMALL_STEPS},
     # the same autoencoder, then fine-tuning with a small attention block (60 epochs a phase)
-    "cadmr": {
-        "params": {
-            "hidden": [32, 32],
-            "pos_weight": 10.0,
-            "latent_dim": 16,
-            "modality_dim": 8,
-            "extractor_hidden": 16,
-        },
-        "train": {"epochs": 60, "batch_size": 8, "learning_rate": 0.01, "patience": 20},
-    },
+    "cadmr": {"params": {"hidden": [32, 32], "pos_weight": 10.0, **SMALL_MM}, "train": SMALL_STEPS},
     # the paper's settings: lambda_2 at 1/100 of GLocal-K's, since its loss divides the
     # penalty by I x U = 1,200
     "cadmr_paper": {
-        "params": {
-            "hidden": [32, 32],
-            "lambda_2": 0.2,
-            "latent_dim": 16,
-            "modality_dim": 8,
-            "extractor_hidden": 16,
-        },
-        "train": {"epochs": 60, "batch_size": 8, "learning_rate": 0.01, "patience": 20},
+        "params": {"hidden": [32, 32], "lambda_2": 0.2, **SMALL_MM},
+        "train": SMALL_STEPS,
     },
     # 40 users: batches of 8 users give the user autoencoder 5 steps an epoch
     "addvae": {
-        "train": {"epochs": 60, "batch_size": 8, "learning_rate": 0.01, "patience": 20},
+        "train": SMALL_STEPS,
     },
     # no negatives: BM3 separates the groups within ~10 epochs, but recall@20 saturates
     # (20 of 23 unseen items) before that and would select an early epoch; nDCG@20 keeps
