@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 
 from cadmr.data.dataset import SPLITS, Dataset
+from cadmr.data.sources import resolve_dataset
 from cadmr.data.split import split_counts
 from cadmr.data.synthetic import (
     PRESETS,
     SyntheticSpec,
+    make_content_planted,
     make_synthetic,
     make_synthetic_with_groups,
+    planted_item_groups,
 )
 
 
@@ -151,3 +154,52 @@ def test_large_presets_build(preset: str) -> None:
     n = _user_totals(d)
     assert n.min() >= spec.min_user_interactions
     assert abs(int(n.sum()) - spec.n_interactions) <= 0.02 * spec.n_interactions
+
+
+# ---------------------------------------------------------------- the planted-signal data
+
+
+def _planted_checks(d: Dataset, users_per_item: int) -> np.ndarray:
+    """Every interaction within a group, each item's training users as asked, held-out
+    items unseen in training; returns the item groups."""
+    groups = planted_item_groups(d)
+    assert groups is not None
+    user_groups = np.arange(d.n_users) % d.info["n_groups"]
+    for s in SPLITS:
+        coo = d.split(s).tocoo()
+        assert (user_groups[coo.row] == groups[coo.col]).all(), s
+    assert (np.diff(d.train.tocsc().indptr) == users_per_item).all()
+    held = d.valid + d.test
+    assert d.train.multiply(held).nnz == 0
+    return groups
+
+
+def test_content_planted_shares_no_training_item() -> None:
+    d = resolve_dataset("synthetic-content-planted")
+    assert d.name == "synthetic-content-planted"
+    groups = _planted_checks(d, users_per_item=1)
+    assert np.bincount(groups).tolist() == [200] * 4
+    assert (d.train @ d.train.T).nnz == d.n_users  # no user shares an item with another
+    feats = np.asarray(d.features["text"])
+    means = np.stack([feats[groups == g].mean(axis=0) for g in range(4)])
+    nearest = np.argmin(((feats[:, None] - means[None]) ** 2).sum(-1), axis=1)
+    assert (nearest == groups).mean() > 0.99  # the features reveal every item's group
+
+
+def test_content_planted_hard_has_two_users_and_noise_for_half_the_items() -> None:
+    d = resolve_dataset("synthetic-content-planted-hard")
+    groups = _planted_checks(d, users_per_item=2)
+    feats = np.asarray(d.features["text"])
+    clean = np.asarray(make_content_planted(users_per_item=2).features["text"])
+    informative = np.isclose(feats, clean).all(axis=1)
+    assert 0.4 < informative.mean() < 0.6
+    assert planted_item_groups(make_synthetic("tiny")) is None
+    assert len(groups) == d.n_items
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"users_per_item": 0}, {"users_per_item": 101}, {"uninformative": 1.5}]
+)
+def test_content_planted_rejects_bad_arguments(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        make_content_planted(**kwargs)

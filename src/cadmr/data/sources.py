@@ -21,7 +21,12 @@ from cadmr.data.synthetic import PRESETS, make_content_planted, make_synthetic
 
 SYNTHETIC_PREFIX = "synthetic-"
 DEFAULT_DATASET = "synthetic-small"
-PLANTED = "content-planted"  # make_content_planted: interactions only the features explain
+# make_content_planted: interactions only the features explain; "-hard": two users per item
+# and half the items with noise for features, so only the attention can place those
+PLANTED = {
+    "content-planted": {},
+    "content-planted-hard": {"users_per_item": 2, "uninformative": 0.5},
+}
 ENV_VAR = "CADMR_DATA_DIR"
 
 
@@ -50,12 +55,12 @@ def resolve_dataset(spec: str, data_dir: str | os.PathLike | None = None) -> Dat
     """
     if spec.startswith(SYNTHETIC_PREFIX):
         preset = spec[len(SYNTHETIC_PREFIX) :]
-        if preset == PLANTED:
-            return make_content_planted()
+        if preset in PLANTED:
+            return make_content_planted(name=spec, **PLANTED[preset])
         if preset not in PRESETS:
             raise DataError(
                 f"unknown synthetic preset {preset!r}; available: "
-                + ", ".join(SYNTHETIC_PREFIX + p for p in (*PRESETS, PLANTED))
+                + ", ".join(SYNTHETIC_PREFIX + p for p in (*PRESETS, *PLANTED))
             )
         return make_synthetic(preset, seed=0, name=spec)
     path = Path(spec).expanduser()

@@ -362,33 +362,61 @@ def make_content_planted(
     held_out: int = 2,
     dim: int = 16,
     feature_noise: float = 0.3,
+    users_per_item: int = 1,
+    uninformative: float = 0.0,
     seed: int = 0,
+    name: str = "synthetic-content-planted",
 ) -> Dataset:
     """Interactions that only the item features explain: the planted-signal check of
-    docs/cadmr.md ("Does the multimodal part help?").
+    docs/cadmr.md ("The planted-signal check").
 
     Users and items belong to ``n_groups`` groups, and every interaction pairs a user with
-    an item of their own group. Each item has exactly ONE training interaction, with a user
-    of its group (the group's items are dealt to its users in a random order), so no two
-    users share a training item: the training graph has no user-user (or item-item) path,
-    and the ratings alone say nothing about which users belong together. Every user then
-    gets ``held_out`` validation and ``held_out`` test items, drawn from the rest of their
-    group. The one modality, ``text``, is each item's group centroid (standard normal,
-    ``dim`` wide) plus ``feature_noise`` x standard normal:
-    the features reveal the group that the ratings hide.
+    an item of their own group. With ``users_per_item`` 1 (default) each item has exactly
+    ONE training interaction, with a user of its group (the group's items are dealt to its
+    users in a random order), so no two users share a training item: the training graph has
+    no user-user (or item-item) path, and the ratings alone say nothing about which users
+    belong together. With ``users_per_item`` k > 1 each item gets k distinct users of its
+    group, drawn at random. Every user then gets ``held_out`` validation and ``held_out``
+    test items, drawn from the rest of their group. The one modality, ``text``, is each
+    item's group centroid (standard normal, ``dim`` wide) plus ``feature_noise`` x standard
+    normal: the features reveal the group that the ratings hide. A fraction
+    ``uninformative`` of the items (drawn last) get pure standard-normal features instead,
+    so that only their users can tell their group: the case the cross-attention exists for.
 
     A model of the ratings alone ranks at random here (Recall@20 about 20 / n_items per
-    held-out item); one that maps features to users can rank the user's whole group first.
+    held-out item with one user per item); one that maps features to users can rank the
+    user's whole group first. ``info["n_groups"]`` and ``planted_item_groups`` give the
+    groups back (scripts/attention_stats.py).
     """
+    group_size = n_users // n_groups
+    if not 1 <= users_per_item <= group_size:
+        raise ValueError(f"users_per_item must be in 1..{group_size} (users per group)")
+    if not 0.0 <= uninformative <= 1.0:
+        raise ValueError(f"uninformative must be a fraction in [0, 1], got {uninformative}")
     rng = np.random.default_rng(seed)
     user_groups = np.arange(n_users) % n_groups
     item_groups = rng.permutation(np.arange(n_items) % n_groups)
-    train_users = np.empty(n_items, dtype=np.int64)
-    for g in range(n_groups):  # the group's items dealt to its users in a random order
-        items = np.flatnonzero(item_groups == g)
-        members = rng.permutation(np.flatnonzero(user_groups == g))
-        train_users[items] = members[np.arange(len(items)) % len(members)]
-    train = pairs_to_csr(train_users, np.arange(n_items), n_users, n_items)
+    if users_per_item == 1:
+        train_users = np.empty(n_items, dtype=np.int64)
+        for g in range(n_groups):  # the group's items dealt to its users in a random order
+            items = np.flatnonzero(item_groups == g)
+            members = rng.permutation(np.flatnonzero(user_groups == g))
+            train_users[items] = members[np.arange(len(items)) % len(members)]
+        train_items = np.arange(n_items)
+    else:
+        picked: list[np.ndarray] = []
+        for g in range(n_groups):  # one draw per item of the group, in item order
+            members = np.flatnonzero(user_groups == g)
+            n_group_items = int((item_groups == g).sum())
+            picked += [
+                rng.choice(members, size=users_per_item, replace=False)
+                for _ in range(n_group_items)
+            ]
+        train_users = np.concatenate(picked)
+        train_items = np.concatenate(
+            [np.flatnonzero(item_groups == g) for g in range(n_groups)]
+        ).repeat(users_per_item)
+    train = pairs_to_csr(train_users, train_items, n_users, n_items)
     held: dict[str, list[tuple[int, int]]] = {"valid": [], "test": []}
     for u in range(n_users):
         group_items = np.flatnonzero(item_groups == user_groups[u])
@@ -404,5 +432,19 @@ def make_content_planted(
     text = centroids[item_groups] + np.float32(feature_noise) * rng.standard_normal(
         (n_items, dim), dtype=np.float32
     )
-    info = {"format": "synthetic", "preset": "content-planted", "seed": seed}
-    return Dataset.build("synthetic-content-planted", splits, {"text": text}, info)
+    if uninformative > 0:
+        noisy = rng.random(n_items) < uninformative
+        text[noisy] = rng.standard_normal((int(noisy.sum()), dim)).astype(np.float32)
+    preset = name.removeprefix("synthetic-")
+    info = {"format": "synthetic", "preset": preset, "seed": seed, "n_groups": n_groups}
+    return Dataset.build(name, splits, {"text": text}, info)
+
+
+def planted_item_groups(dataset: Dataset) -> np.ndarray | None:
+    """The item groups of a ``make_content_planted`` dataset (None for any other): the
+    generator's first draw, repeated from its seed."""
+    info = dataset.info
+    if "n_groups" not in info or not str(info.get("preset", "")).startswith("content-planted"):
+        return None
+    rng = np.random.default_rng(int(info["seed"]))
+    return rng.permutation(np.arange(dataset.n_items) % int(info["n_groups"]))

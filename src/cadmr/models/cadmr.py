@@ -86,7 +86,7 @@ class CADMRParams(KernelAEParams):
         finetune_autoencoder: Fine-tune the autoencoder end to end with the rest (the
             paper, ``cadmr_paper``). The default False freezes the pretrained autoencoder
             and trains only the multimodal path: higher validation Recall@20 on Scientific
-            and lfm2k, a sixth less time per fine-tuning epoch (docs/cadmr.md).
+            and lfm2k, 5-17 % less time per fine-tuning epoch (docs/cadmr.md).
         finetune_batch_size: Item rows per fine-tuning step (0 = ``train.batch_size``).
             Each step runs the extractors over the whole catalogue, so on a large catalogue
             larger fine-tuning batches cost far less per epoch (benchmarks/cadmr_epoch.py).
