@@ -96,8 +96,8 @@ class KernelAEParams:
         the penalty that balances them grows with the catalogue; valid-best lambda_2 was 200
         on 1,549 items and about 1,000 on 7,050).
     pos_weight: Weight of the positive entries in the squared error (weighted MSE); 100
-        was the valid-best of {30, 100, 300} on Amazon Scientific (density 0.3 %); the
-        grid (``default_search``) reaches down to the dense datasets' 3-10.
+        was the valid-best of the grid {3, 10, 30, 100, 300} on Amazon Scientific (density
+        0.3 %); the dense datasets select 3-10 from the same grid (``default_search``).
     loss: "mse" (weighted MSE over all entries) or "multinomial" (softmax over users).
     global_kernel: Add GLocal-K's global-kernel fine-tuning phase after pretraining.
     global_kernel_size: Side g of the global convolution kernel (GLocal-K: 3; odd).
