@@ -9,8 +9,11 @@ test split exactly once at the best validation checkpoint, and writes into ``out
     history.jsonl    the same as JSON lines
     last.pt          full training state after the latest epoch (for --resume)
     best.pt          the best-validation model (for evaluate / recommend)
-    results.json     machine-readable results (schema below)
+    results.json     machine-readable results (schema below); only a finished run has it
     results.md       the results as a Markdown table
+    status.json      running, finished, failed (with the error) or interrupted
+    .lock            held while a process owns the folder (train/runfolder.py): a second
+                     run into the same folder is refused with the owner's pid
 
 With a grid, each point trains in ``out_dir/trials/NNN`` and the best is chosen on
 validation only. ``resume=True`` continues an interrupted run from ``last.pt`` and reuses
@@ -42,6 +45,7 @@ from cadmr.data.leakage import LeakageGuard
 from cadmr.eval.protocol import evaluate
 from cadmr.models import ClosedFormRecommender, Recommender, TorchRecommender, get_model_class
 from cadmr.models.base import batch_to
+from cadmr.train import runfolder
 from cadmr.train.checkpoint import (
     atomic_write_text,
     load_checkpoint,
@@ -491,7 +495,24 @@ def run(
 def _run(
     config: RunConfig, dataset: Dataset, out_dir: Path, resume: bool, echo: bool
 ) -> dict[str, Any]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """``run`` in one process: owns ``out_dir`` (one process per folder) and records in its
+    status.json whether the run is running, finished, failed or interrupted
+    (train/runfolder.py)."""
+    try:
+        with runfolder.owned(out_dir) as stale:
+            return _run_owned(config, dataset, out_dir, resume, echo, stale)
+    except runfolder.FolderInUseError as e:
+        raise TrainingError(str(e)) from None
+
+
+def _run_owned(
+    config: RunConfig,
+    dataset: Dataset,
+    out_dir: Path,
+    resume: bool,
+    echo: bool,
+    stale: str | None,
+) -> dict[str, Any]:
     cfg_path = out_dir / "config.yaml"
     cfg_text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     device = resolve_device(config.train.device)  # before any work: a missing GPU fails here
@@ -508,6 +529,26 @@ def _run(
         )
     atomic_write_text(cfg_path, cfg_text)
     log = _Log(out_dir / "train.log", echo)
+    if stale:
+        log(f"took over {out_dir} from process {stale}, which ended without releasing it")
+    runfolder.write_status(out_dir, "running")
+    try:
+        results = _train_and_test(config, dataset, out_dir, resume, log)
+    except KeyboardInterrupt:
+        runfolder.write_status(out_dir, "interrupted", resume="continue with --resume")
+        raise
+    except BaseException as e:
+        runfolder.write_status(out_dir, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+    runfolder.write_status(out_dir, "finished")
+    return results
+
+
+def _train_and_test(
+    config: RunConfig, dataset: Dataset, out_dir: Path, resume: bool, log: _Log
+) -> dict[str, Any]:
+    """Every trial of the grid, the best on validation tested once; writes results.json."""
+    device = resolve_device(config.train.device)
     threads = set_threads(config.train.num_threads)
     retain_freed_memory()
     log(

@@ -1,0 +1,99 @@
+"""One run folder, one process; and a status that says whether a run finished, failed or
+was interrupted (train/runfolder.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import cadmr.train.trainer as trainer
+from cadmr.data.synthetic import make_synthetic
+from cadmr.train import TrainingError, resolve_run_config, run
+from cadmr.train.runfolder import LOCK, owned, read_status
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_synthetic("tiny", seed=0)
+
+
+def _cfg(**train):
+    return resolve_run_config(
+        "bpr", "synthetic-tiny", extra={"train": {"progress": False, "epochs": 2, **train}}
+    )
+
+
+def test_a_folder_in_use_is_refused_with_its_owner(tiny, tmp_path):
+    # this process holds the folder, as a concurrent run would
+    in_use = pytest.raises(TrainingError, match=f"in use by process {os.getpid()}")
+    with owned(tmp_path), in_use:
+        run(_cfg(), tiny, tmp_path, echo=False)
+    assert not (tmp_path / "results.json").exists()
+    assert not (tmp_path / "config.yaml").exists()  # the refused run wrote nothing
+    run(_cfg(), tiny, tmp_path, echo=False)  # released: the folder can be used again
+    assert read_status(tmp_path)["status"] == "finished"
+
+
+def test_a_second_process_is_refused_while_the_first_holds_the_folder(tmp_path):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from cadmr.train.runfolder import owned\n"
+            "with owned(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        in_use = pytest.raises(RuntimeError, match=f"in use by process {holder.pid}")
+        with in_use, owned(tmp_path):
+            pass
+    finally:
+        holder.kill()  # as kill -9 would: the kernel drops its lock
+        holder.wait()
+    with owned(tmp_path) as stale:
+        assert stale == str(holder.pid)  # the dead owner's pid was still in the file
+
+
+def test_a_stale_lock_is_taken_over_and_logged(tiny, tmp_path):
+    (tmp_path / LOCK).write_text("999999999\n")  # a pid whose process is gone; no lock held
+    run(_cfg(), tiny, tmp_path, echo=False)
+    assert "from process 999999999, which ended without releasing it" in (
+        (tmp_path / "train.log").read_text()
+    )
+    assert (tmp_path / LOCK).read_text() == ""  # released: empty again
+
+
+def test_a_failed_run_is_marked_failed_and_never_finished(tiny, tmp_path):
+    with pytest.raises(TrainingError):
+        run(_cfg(learning_rate=1e30), tiny, tmp_path, echo=False)
+    status = read_status(tmp_path)
+    assert status["status"] == "failed"
+    assert "TrainingError" in status["error"]
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_an_interrupted_run_says_how_to_continue(tiny, tmp_path, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_train_and_test", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(), tiny, tmp_path, echo=False)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    assert "--resume" in status["resume"]
+
+
+def test_a_refused_rerun_keeps_the_finished_status(tiny, tmp_path):
+    run(_cfg(), tiny, tmp_path, echo=False)
+    with pytest.raises(TrainingError, match="already holds finished results"):
+        run(_cfg(), tiny, tmp_path, echo=False)
+    assert read_status(tmp_path)["status"] == "finished"
