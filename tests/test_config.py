@@ -414,3 +414,9 @@ def test_resolve_grid_choices() -> None:
     for name, cls in MODELS.items():
         for k, values in (cls.budget_search or {}).items():
             assert set(values) <= set(cls.default_search[k]), (name, k)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 10**30])
+def test_seed_out_of_range_is_refused(seed):
+    with pytest.raises(ConfigError, match=r"seed must be an integer in 0\.\."):
+        build({"seed": seed})

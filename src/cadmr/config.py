@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+MAX_SEED = 2**63 - 1
+
 
 class ConfigError(ValueError):
     """A configuration key is unknown, has the wrong type or an invalid value."""
@@ -381,6 +383,8 @@ def build_run_config(
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"search.{k}: {e}") from e
     seed = coerce(data.get("seed", 0), int, "seed")
+    if not 0 <= seed <= MAX_SEED:  # numpy and torch take seeds in this range
+        raise ConfigError(f"seed must be an integer in 0..{MAX_SEED}, got {seed}")
     return RunConfig(
         model=model,
         dataset=dataset,

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 import cadmr.train.trainer as trainer
+from cadmr.data import Dataset
 from cadmr.data.synthetic import make_synthetic
 from cadmr.train import TrainingError, resolve_run_config, run
 from cadmr.train.runfolder import LOCK, owned, read_status
@@ -97,3 +98,14 @@ def test_a_refused_rerun_keeps_the_finished_status(tiny, tmp_path):
     with pytest.raises(TrainingError, match="already holds finished results"):
         run(_cfg(), tiny, tmp_path, echo=False)
     assert read_status(tmp_path)["status"] == "finished"
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_an_empty_evaluation_split_is_refused_before_anything_is_written(tiny, tmp_path, split):
+    empty = tiny.split(split)[:0].copy()
+    empty.resize(tiny.split(split).shape)
+    splits = {s: (empty if s == split else tiny.split(s)) for s in ("train", "valid", "test")}
+    data = Dataset.build("holed", splits, tiny.features)
+    with pytest.raises(TrainingError, match=f"the {split} split is empty"):
+        run(_cfg(), data, tmp_path / "run", echo=False)
+    assert not (tmp_path / "run").exists()

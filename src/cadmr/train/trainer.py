@@ -482,6 +482,7 @@ def run(
     Under torchrun (``distributed``), every rank trains and evaluates the same model on its
     share of each batch; rank 0 writes ``out_dir``, the others a temporary folder.
     """
+    check_evaluable(dataset)
     rank, size = rank_and_size()
     if resume and size > 1:
         raise TrainingError("--resume runs in one process; resume without torchrun")
@@ -490,6 +491,18 @@ def run(
     with tempfile.TemporaryDirectory(prefix="cadmr-rank") as scratch:
         quiet = dataclasses.replace(config.train, progress=False)
         return _run(dataclasses.replace(config, train=quiet), dataset, Path(scratch), False, False)
+
+
+def check_evaluable(dataset: Dataset) -> None:
+    """Raise TrainingError unless the valid and the test split each hold a user who also
+    has training interactions: otherwise early stopping has nothing to select on, or the
+    test has nothing to measure, and every metric would be nan."""
+    has_train = np.diff(dataset.train.indptr) > 0
+    for split in ("valid", "test"):
+        held = np.diff(dataset.split(split).indptr) > 0
+        if not (held & has_train).any():
+            what = "is empty" if not held.any() else "has no user with training interactions"
+            raise TrainingError(f"{dataset.name}: the {split} split {what}; nothing to evaluate")
 
 
 def _run(
