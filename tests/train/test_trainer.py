@@ -137,9 +137,20 @@ def test_diverging_loss_stops_with_a_clear_error(tiny, tmp_path, monkeypatch):
         run(_cfg(epochs=2), tiny, tmp_path, echo=False)
 
 
+def _checkpoint(x: torch.Tensor) -> dict:
+    """The smallest dict load_checkpoint accepts as a checkpoint."""
+    return {
+        "format": 1,
+        "config": {"model": "pop"},
+        "params": {},
+        "model_state": {"x": x},
+        "dataset_fingerprint": "0",
+    }
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "ck.pt"
-    save_checkpoint(path, {"x": torch.ones(3)})
+    save_checkpoint(path, _checkpoint(torch.ones(3)))
 
     def crash(obj, f, *a, **k):
         with open(f, "wb") as fh:
@@ -148,9 +159,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint_mod.torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, {"x": torch.zeros(3)})
+        save_checkpoint(path, _checkpoint(torch.zeros(3)))
     monkeypatch.undo()
-    assert torch.equal(load_checkpoint(path)["x"], torch.ones(3))
+    assert torch.equal(load_checkpoint(path)["model_state"]["x"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
 
 
@@ -159,6 +170,31 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(b"\x80\x02truncated")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         load_checkpoint(path)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("a checkpoint ran code",))
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda p: p.write_bytes(b""), "the file is empty"),
+        (lambda p: torch.save([1, 2], p), "not a cadmr checkpoint .it holds a list"),
+        (lambda p: torch.save({}, p), "not a cadmr checkpoint .no format, config"),
+        (lambda p: torch.save({**_checkpoint(torch.ones(1)), "config": {}}, p), "no model"),
+        (lambda p: torch.save({"x": _RunsCode()}, p), "refused .loading them could run code"),
+        (lambda p: p.write_text("not a torch file at all"), "cannot read checkpoint"),
+    ],
+)
+def test_a_checkpoint_that_is_not_ours_is_one_clear_line(tmp_path, capsys, write, message):
+    path = tmp_path / "x.pt"
+    write(path)
+    with pytest.raises(ValueError, match=message) as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+    assert "ran code" not in capsys.readouterr().out
 
 
 def test_checkpoint_refuses_other_data(tiny, tmp_path):
