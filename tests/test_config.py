@@ -420,3 +420,8 @@ def test_resolve_grid_choices() -> None:
 def test_seed_out_of_range_is_refused(seed):
     with pytest.raises(ConfigError, match=r"seed must be an integer in 0\.\."):
         build({"seed": seed})
+
+
+def test_a_valid_metric_cut_off_missing_from_ks_names_the_cut_off():
+    with pytest.raises(ConfigError, match=r"eval.ks \[100000\] leaves out 20"):
+        build({"eval": {"ks": [100000]}})

@@ -111,7 +111,12 @@ class EvalConfig:
         object.__setattr__(self, "ks", tuple(sorted(set(self.ks))))
         _positive(self, "batch_size")
         name, _, k = self.valid_metric.partition("@")
-        if name not in METRIC_NAMES or not k.isdigit() or int(k) not in self.ks:
+        if name in METRIC_NAMES and k.isdigit() and int(k) not in self.ks:
+            raise ConfigError(
+                f"eval.ks {list(self.ks)} leaves out {k}, the cut-off of eval.valid_metric "
+                f"{self.valid_metric!r}: add it to eval.ks or choose another eval.valid_metric"
+            )
+        if name not in METRIC_NAMES or not k.isdigit():
             raise ConfigError(
                 f"eval.valid_metric {self.valid_metric!r} must be one of "
                 f"{sorted(METRIC_NAMES)} at a cut-off in eval.ks {self.ks}, e.g. 'recall@20'"
