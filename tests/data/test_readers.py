@@ -184,7 +184,9 @@ def inter(make, body: str, header: str = HEADER) -> Path:
         (GOOD + "2\t3\t-1\n", r"line 6: x_label -1"),
         (GOOD + "-2\t3\t0\n", r"line 6: negative id in column 'userID'"),
         (GOOD + "2\t-3\t0\n", r"line 6: negative id in column 'itemID'"),
-        (GOOD + "3.5\t3\t0\n", r"line 6: non-integer value in column 'userID' \(value 3\.5\)"),
+        (GOOD + "3.5\t3\t0\n", r"line 6: non-integer value in column 'userID' \(value '3\.5'\)"),
+        (GOOD + "1e1\t3\t0\n", r"line 6: non-integer value in column 'userID' \(value '1e1'\)"),
+        (GOOD + " 4 \t3\t0\n", r"line 6: non-integer value in column 'userID' \(value ' 4 '\)"),
         (GOOD + "2\tabc\t0\n", r"line 6: non-integer value in column 'itemID' \(value 'abc'\)"),
         (GOOD + "2\t3\t0.5\n", r"line 6: non-integer value in column 'x_label'"),
         (GOOD + "2\tinf\t0\n", r"line 6: non-integer value in column 'itemID'"),
@@ -196,7 +198,7 @@ def inter(make, body: str, header: str = HEADER) -> Path:
         (GOOD + "2\tNaN\t0\n", r"line 6: missing value.*'itemID'"),
         (GOOD + "2\t3", r"line 6: missing value \(empty field or short line\).*'x_label'"),
         (GOOD + "2\t3\t0\t7\n", r"bad\.inter: malformed tab-separated line.*line 6"),
-        (GOOD + "99999999999\t3\t0\n", r"largest user id is 99999999999"),
+        (GOOD + "99999999999\t3\t0\n", r"line 6: id too large in column 'userID'"),
         ("", r"has a header but no interaction lines"),
     ],
     ids=[
@@ -205,6 +207,8 @@ def inter(make, body: str, header: str = HEADER) -> Path:
         "neg-user",
         "neg-item",
         "float-user",
+        "exponent-user",
+        "spaced-user",
         "text-item",
         "float-label",
         "inf-item",
@@ -387,6 +391,13 @@ def test_mmssl_empty_pickle(make, tiny):
         read_mmssl(folder)
 
 
+def test_mmssl_negative_values_are_refused(make, tiny):
+    folder = make.mmssl(tiny)
+    make.pickle(folder.name, "tstMat.pkl", sp.coo_matrix(([1.0, -1.0], ([0, 1], [1, 2])), (4, 6)))
+    with pytest.raises(DataError, match=r"tstMat\.pkl: matrix holds 1 negative value"):
+        read_mmssl(folder)
+
+
 def test_mmssl_shapes_must_agree(make, tiny):
     folder = make.mmssl(tiny)
     make.pickle(folder.name, "tstMat.pkl", sp.coo_matrix(([1.0], ([0], [7])), shape=(4, 8)))
@@ -500,7 +511,28 @@ def test_feature_not_npy_and_object_npy(make, tiny):
     with pytest.raises(DataError, match=r"text_feat\.npy: cannot read"):
         read_mmrec(folder)
     np.save(folder / "text_feat.npy", np.array([{"a": 1}] * 6, dtype=object))
-    with pytest.raises(DataError, match=r"text_feat\.npy: cannot read.*allow_pickle"):
+    with pytest.raises(DataError, match=r"text_feat\.npy: cannot read.*Python objects"):
+        read_mmrec(folder)
+
+
+def test_feature_file_that_is_a_folder_or_has_no_columns(make, tiny):
+    folder = make.mmrec(tiny)
+    (folder / "text_feat.npy").mkdir()
+    with pytest.raises(DataError, match=r"text_feat\.npy: is not a file"):
+        read_mmrec(folder)
+    (folder / "text_feat.npy").rmdir()
+    np.save(folder / "text_feat.npy", np.ones((6, 0), dtype=np.float32))  # 6 tiny items
+    with pytest.raises(DataError, match=r"feature 'text' has no columns"):
+        read_mmrec(folder)
+
+
+def test_feature_header_claiming_more_than_the_file_holds(make, tiny):
+    folder = make.mmrec(tiny)
+    with open(folder / "text_feat.npy", "wb") as fh:  # (30, 80 M) float32 = 9.6 GB claimed
+        header = {"descr": "<f4", "fortran_order": False, "shape": (30, 80_000_000)}
+        np.lib.format.write_array_header_1_0(fh, header)
+        fh.write(b"\0" * 64)
+    with pytest.raises(DataError, match=r"text_feat\.npy: cannot read the \.npy file"):
         read_mmrec(folder)
 
 

@@ -232,6 +232,8 @@ def check_features(name: str, mod: str, arr: np.ndarray, n_items: int) -> np.nda
             f"{name}: feature {mod!r} has {arr.shape[0]} rows but the dataset has "
             f"{n_items} items (row i must describe item i)"
         )
+    if arr.shape[1] == 0:
+        raise DataError(f"{name}: feature {mod!r} has no columns (shape {arr.shape})")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     bad = ~np.isfinite(arr)
     if bad.any():

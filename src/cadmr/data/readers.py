@@ -62,6 +62,7 @@ INTER_COLUMNS = ("userID", "itemID", "x_label")
 
 # Sizes must fit scipy's int32 index arrays; a larger id is a broken file, not a real dataset.
 _MAX_ID = 2**31 - 2
+_PLAIN_INT = r"-?[0-9]+"  # an id or x_label as _int_column accepts it
 
 Pairs = tuple[np.ndarray, np.ndarray]  # (users, items), int64 arrays of equal length
 
@@ -250,18 +251,21 @@ def _read_features(root: Path, n_items: int) -> dict[str, np.ndarray]:
     features: dict[str, np.ndarray] = {}
     for path in sorted(root.glob("*" + FEATURE_SUFFIX)):
         if not path.is_file():
-            continue
+            raise DataError(f"{path}: is not a file; a feature file is one .npy array")
         modality = path.name[: -len(FEATURE_SUFFIX)]
         if not modality:
             raise DataError(f"{path}: feature files must be named '<modality>{FEATURE_SUFFIX}'")
         try:
-            arr = np.load(path, allow_pickle=False)
+            # memory-mapped: a header claiming more than the file holds fails here, before
+            # anything is allocated
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
             raise DataError(
                 f"{path}: cannot read the .npy file (truncated or corrupt?): {e}"
             ) from None
         if not isinstance(arr, np.ndarray):
             raise DataError(f"{path}: expected a single .npy array, got {type(arr).__name__}")
+        arr = np.array(arr)  # into memory: the dataset must not depend on the file later
         # Same checks as Dataset.build, but the message names the file.
         with np.errstate(over="ignore"):  # float64 overflow -> inf, reported just below
             features[modality] = check_features(str(path), modality, arr, n_items)
@@ -282,6 +286,8 @@ def _read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             skip_blank_lines=False,  # keep row index == line number - 2
             encoding="utf-8",
             low_memory=False,
+            # ids as written: pandas would read "1e1" as 10 and " 4 " as 4 (_int_column)
+            dtype={c: str for c in INTER_COLUMNS},
         )
     except pd.errors.EmptyDataError:
         raise DataError(
@@ -345,11 +351,11 @@ def _int_column(
             raise fail(missing, "missing value (empty field or short line)")
         if s.dtype.kind == "b":
             raise fail(np.ones(len(s), dtype=bool), "non-integer value")
+        # plain decimal integers only: no exponent, sign-less spaces, decimals or inf
+        plain = s.astype(str).str.fullmatch(_PLAIN_INT).to_numpy(dtype=bool)
+        if not plain.all():
+            raise fail(~plain, "non-integer value")
         num = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        with np.errstate(invalid="ignore"):
-            not_int = ~np.isfinite(num) | (num != np.floor(num))
-        if not_int.any():
-            raise fail(not_int, "non-integer value")
         if np.abs(num).max() > _MAX_ID:
             raise fail(np.abs(num) > _MAX_ID, "id too large")
         values = num.astype(np.int64)
@@ -515,6 +521,11 @@ def _read_sparse_pickle(path: Path) -> tuple[Pairs, tuple[int, int]]:
         raise DataError(f"{path}: matrix values must be numeric, got dtype {coo.data.dtype}")
     if not np.isfinite(coo.data).all():
         raise DataError(f"{path}: matrix holds NaN/inf value(s)")
+    if (coo.data < 0).any():  # a -1 (disliked, or a padding code) is no interaction
+        raise DataError(
+            f"{path}: matrix holds {int((coo.data < 0).sum())} negative value(s); "
+            "interactions are positive entries, absent ones zero"
+        )
     nz = coo.data != 0
     users = coo.row[nz].astype(np.int64)
     items = coo.col[nz].astype(np.int64)
