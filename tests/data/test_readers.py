@@ -689,3 +689,18 @@ def test_ids_beyond_int32_are_refused(make, tiny):
     folder = make.mmssl(tiny, folder="huge", shape=(4, 2**31))
     with pytest.raises(DataError, match=r"trnMat\.pkl: largest item id is 2147483647"):
         read_mmssl(folder)
+
+
+def test_a_huge_id_below_the_limit_is_refused_before_allocating(make, tiny):
+    folder = make.text("big", "big.inter", HEADER + GOOD + "2000000000\t3\t0\n")
+    with pytest.raises(DataError, match=r"2000000001 user ids .* for 3 distinct users; ids must"):
+        read_mmrec(folder)
+
+
+def test_an_mmssl_shape_far_beyond_its_entries_is_refused(make, tiny):
+    folder = make.mmssl(tiny)
+    big = (2**31 - 3, 6)
+    for name in ("trnMat.pkl", "valMat.pkl", "tstMat.pkl"):
+        make.pickle(folder.name, name, sp.coo_matrix(([1.0], ([0], [1])), shape=big))
+    with pytest.raises(DataError, match=r"user ids .* for 1 distinct users; ids must be dense"):
+        read_mmssl(folder)

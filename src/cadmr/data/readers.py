@@ -62,6 +62,9 @@ INTER_COLUMNS = ("userID", "itemID", "x_label")
 
 # Sizes must fit scipy's int32 index arrays; a larger id is a broken file, not a real dataset.
 _MAX_ID = 2**31 - 2
+# an id space may have gaps (a user with no interaction left), but not many more ids than
+# the data holds: a few lines claiming user 2,147,483,000 must not allocate gigabytes
+_SPARSE_IDS, _ID_SLACK = 2, 1000
 _PLAIN_INT = r"-?[0-9]+"  # an id or x_label as _int_column accepts it
 
 Pairs = tuple[np.ndarray, np.ndarray]  # (users, items), int64 arrays of equal length
@@ -235,6 +238,13 @@ def _assemble(
     n_items: int,
 ) -> Dataset:
     """Collapse within-split duplicates, load features, and build the dataset."""
+    for what, n, column in (("user", n_users, 0), ("item", n_items, 1)):
+        distinct = len(np.unique(np.concatenate([p[column] for p in pairs.values()])))
+        if n > _SPARSE_IDS * distinct + _ID_SLACK:  # before any (n,)-sized allocation
+            raise DataError(
+                f"{root}: {n} {what} ids (largest {n - 1}) for {distinct} distinct {what}s; "
+                "ids must be dense 0-based integers"
+            )
     collapsed = 0
     mats: dict[str, sp.csr_matrix] = {}
     for s in SPLITS:
