@@ -31,6 +31,11 @@ class ConfigError(ValueError):
     """A configuration key is unknown, has the wrong type or an invalid value."""
 
 
+def _first_line(error: Exception) -> str:
+    """A YAML error's first line: the rest is a multi-line picture of the offending text."""
+    return str(error).strip().splitlines()[0]
+
+
 # the values train.device takes (checked here and by cadmr.train.device, which also serves
 # the checkpoint commands' --device)
 DEVICE_PATTERN = r"cpu|auto|cuda(:\d+)?"
@@ -300,7 +305,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"cannot read config file {p}: {e.strerror or e}") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {e}") from e
+        raise ConfigError(f"{p} is not valid YAML: {_first_line(e)}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -318,7 +323,7 @@ def parse_sets(assignments: list[str] | tuple[str, ...]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {a!r}: value is not valid YAML: {e}") from e
+            raise ConfigError(f"--set {a!r}: value is not valid YAML: {_first_line(e)}") from e
         parts = key.strip().split(".")
         node = out
         for p in parts[:-1]:

@@ -32,7 +32,11 @@ LOCK = ".lock"
 STATUS = "status.json"
 
 
-class FolderInUseError(RuntimeError):
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used: it is not a folder, cannot be written, or is in use."""
+
+
+class FolderInUseError(RunFolderError):
     """Another live process owns the run folder."""
 
 
@@ -42,10 +46,18 @@ def owned(out_dir: Path) -> Iterator[str | None]:
     previous owner whose lock was taken over, or None.
 
     Raises:
+        RunFolderError: if the folder cannot be created or written.
         FolderInUseError: if a live process holds the folder.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileExistsError:
+        raise RunFolderError(
+            f"{out_dir} exists and is not a folder; choose another --out"
+        ) from None
+    except OSError as e:  # read-only, no permission, a file on the path, disk full
+        raise RunFolderError(f"cannot use {out_dir} as a run folder: {e.strerror}") from None
     try:
         previous = os.pread(fd, 64, 0).decode(errors="replace").strip() or None
         try:

@@ -514,7 +514,7 @@ def _run(
     try:
         with runfolder.owned(out_dir) as stale:
             return _run_owned(config, dataset, out_dir, resume, echo, stale)
-    except runfolder.FolderInUseError as e:
+    except runfolder.RunFolderError as e:
         raise TrainingError(str(e)) from None
 
 
