@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import io
+import tarfile
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -46,7 +48,8 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
-        self.wfile.write(body[start:])
+        cut = self.server.cut  # type: ignore[attr-defined]
+        self.wfile.write(body[start:] if cut is None else body[start : start + cut])
 
     def log_message(self, *args: object) -> None:
         pass
@@ -58,6 +61,7 @@ def server() -> Iterator[http.server.ThreadingHTTPServer]:
     srv.files = {}  # type: ignore[attr-defined]
     srv.seen = []  # type: ignore[attr-defined]
     srv.ranges = True  # type: ignore[attr-defined]
+    srv.cut = None  # type: ignore[attr-defined]  # bytes to send before hanging up, or all
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
@@ -186,3 +190,61 @@ def test_cli_download(
     assert "not verified" in captured.err
     assert main([*args, "--force", "--url", base(server) + "/x.zip"]) == 2
     assert "HTTP 404" in capsys.readouterr().err
+
+
+def test_a_cut_transfer_is_reported_and_resumed(server, baby_zip: bytes, tmp_path: Path) -> None:
+    server.files["/mmrec/baby.zip"] = baby_zip
+    server.cut = 100  # the server hangs up after 100 bytes of a longer body
+    url = base(server) + "/baby.zip"
+    with pytest.raises(DownloadError, match=f"cut at 100 of {len(baby_zip)} bytes"):
+        fetch(url, tmp_path / "baby.zip", sha256=sha(baby_zip), progress=False)
+    assert not (tmp_path / "baby.zip").exists()  # not renamed into place
+    assert (tmp_path / "baby.zip.part").stat().st_size == 100  # kept for the resume
+    server.cut = None
+    fetch(url, tmp_path / "baby.zip", sha256=sha(baby_zip), progress=False)
+    assert (tmp_path / "baby.zip").read_bytes() == baby_zip
+    assert server.seen[-1][1] == "bytes=100-"
+
+
+def test_a_malformed_checksum_is_refused_before_downloading(server, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="64 hexadecimal digits, got 'xyz'"):
+        download_dataset("baby", tmp_path, base_url=base(server), sha256="xyz", progress=False)
+    assert server.seen == []
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _tar(member: tarfile.TarInfo, data: bytes = b"") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        member.size = len(data)
+        t.addfile(member, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("archive", "message"),
+    [
+        (_zip({"baby/big.bin": bytes(20 << 20)}), "refused above"),  # 20 MiB of zeros: ~1000x
+        (_zip({"baby/notes.txt": b"no interactions here"}), "does not unpack to a dataset"),
+        (_tar(tarfile.TarInfo("../evil"), b"x"), "cannot unpack"),  # the "data" filter refuses
+        (_zip({"baby/x": b"1"})[:-30], "neither a zip nor a tar"),
+    ],
+    ids=["zip-bomb", "not-a-dataset", "tar-escaping-path", "truncated-zip"],
+)
+def test_a_bad_archive_is_one_line_and_leaves_nothing(
+    server, tmp_path: Path, archive: bytes, message: str
+) -> None:
+    server.files["/mmrec/baby.zip"] = archive
+    dest = tmp_path / "data"
+    with pytest.raises(DownloadError, match=message) as info:
+        download_dataset("baby", dest, base_url=base(server), sha256=sha(archive), progress=False)
+    assert "\n" not in str(info.value)
+    assert not (dest / "baby").exists()
+    assert not [p for p in dest.iterdir() if p.name.startswith(".baby")]  # no extraction left

@@ -18,6 +18,7 @@ verified, unless the caller passes ``sha256``.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -46,6 +47,11 @@ BASE_URL_ENV = "CADMR_DOWNLOAD_BASE_URL"
 PUBLISHED_FOLDER = "https://drive.google.com/drive/folders/13cBy1EA_saTUuXxVllKgtfci2A09jyaG"
 DEFAULT_BASE_URL: str | None = None
 CHUNK = 1 << 20
+# an archive may unpack to at most this many bytes, and at most RATIO times its own size: a
+# 200 KB zip that claims 200 MiB (a "zip bomb") is refused before anything is written
+MAX_UNPACKED = 256 << 30
+MAX_RATIO = 100
+_HEX64 = frozenset("0123456789abcdef")
 
 
 class DownloadError(DataError):
@@ -111,6 +117,7 @@ def fetch(
         DownloadError: on an HTTP error status, an unreachable server, or a checksum mismatch
             (the ``.part`` file is then deleted, so the next run starts clean).
     """
+    check_sha256(sha256)
     target = Path(target)
     part = target.with_name(target.name + ".part")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +145,13 @@ def fetch(
                 while chunk := resp.read(CHUNK):
                     f.write(chunk)
                     bar.update(len(chunk))
+            if total is not None and part.stat().st_size < total:
+                raise http.client.IncompleteRead(b"", total - part.stat().st_size)
+    except http.client.IncompleteRead:
+        raise DownloadError(
+            f"{url}: the transfer was cut at {part.stat().st_size} of {total} bytes; run the "
+            "same command again to resume it"
+        ) from None
     except urllib.error.HTTPError as e:
         if e.code != 416 or not have:  # 416 on a resume: the part file is already whole
             raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
@@ -158,26 +172,59 @@ def fetch(
     return target
 
 
+def check_sha256(sha256: str | None) -> None:
+    """Raise DownloadError unless ``sha256`` is None or 64 hex digits: checked before any
+    byte is downloaded, not after the whole transfer."""
+    if sha256 is not None and (len(sha256) != 64 or not set(sha256.lower()) <= _HEX64):
+        raise DownloadError(f"--sha256 must be 64 hexadecimal digits, got {sha256!r}")
+
+
+def _check_unpacked_size(archive: Path, sizes: list[int]) -> None:
+    """Refuse an archive whose members add up to more than MAX_UNPACKED bytes or MAX_RATIO
+    times the archive's own size (as the archive's index says, before extracting)."""
+    total, packed = sum(sizes), max(archive.stat().st_size, 1)
+    if total > MAX_UNPACKED or total > MAX_RATIO * packed:
+        raise DownloadError(
+            f"{archive}: unpacks to {total} bytes from {packed} ({total / packed:.0f}x); "
+            f"refused above {MAX_UNPACKED} bytes or {MAX_RATIO}x"
+        )
+
+
 def _extract(archive: Path, dest: Path) -> None:
-    """Unpack a zip or tar archive into ``dest``, refusing paths that escape it."""
+    """Unpack a zip or tar archive into ``dest``, refusing paths that escape it, archives
+    that unpack to far more than they weigh, and content that is not a dataset; ``dest``
+    appears only once it holds a dataset that loads."""
+    from cadmr.data.readers import load_dataset  # the readers import this module's error
+
     tmp = dest.with_name(f".{dest.name}.extract")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as z:
-                for member in z.namelist():
-                    resolved = (tmp / member).resolve()
-                    if not resolved.is_relative_to(tmp.resolve()):
-                        raise DownloadError(f"{archive}: unsafe path {member!r} in the archive")
-                z.extractall(tmp)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as t:
-                t.extractall(tmp, filter="data")
-        else:
-            raise DownloadError(f"{archive}: neither a zip nor a tar archive")
+        try:
+            if zipfile.is_zipfile(archive):
+                with zipfile.ZipFile(archive) as z:
+                    _check_unpacked_size(archive, [i.file_size for i in z.infolist()])
+                    for member in z.namelist():
+                        resolved = (tmp / member).resolve()
+                        if not resolved.is_relative_to(tmp.resolve()):
+                            raise DownloadError(f"{archive}: unsafe path {member!r} in the archive")
+                    z.extractall(tmp)
+            elif tarfile.is_tarfile(archive):
+                with tarfile.open(archive) as t:
+                    _check_unpacked_size(archive, [m.size for m in t.getmembers()])
+                    t.extractall(tmp, filter="data")
+            else:
+                raise DownloadError(f"{archive}: neither a zip nor a tar archive")
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
+            # a corrupt archive, or a tar member the "data" filter refuses (absolute path,
+            # link out of the folder, device file)
+            raise DownloadError(f"{archive}: cannot unpack: {e}") from None
         entries = [p for p in tmp.iterdir() if not p.name.startswith(("__MACOSX", "."))]
         root = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
+        try:
+            load_dataset(root)
+        except DataError as e:
+            raise DownloadError(f"{archive} does not unpack to a dataset: {e}") from None
         if dest.exists():
             shutil.rmtree(dest)
         root.rename(dest)
@@ -231,6 +278,7 @@ def download_dataset(
             )
         url = base.rstrip("/") + "/" + entry.archive
     expected = sha256 or entry.sha256
+    check_sha256(expected)
     if expected is None:
         warnings.warn(
             f"no known sha256 for {name!r}: the download is not verified (pass --sha256)",
