@@ -164,3 +164,16 @@ def test_tune_without_a_grid_is_a_clear_error(tmp_path, capsys):
     args = ["tune", "-m", "pop", "-d", "synthetic-tiny", "--out", str(tmp_path / "x")]
     assert main(args) == 2
     assert "pop has no default grid" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    import cadmr.train.trainer as trainer
+
+    def full(path, text):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(trainer, "atomic_write_text", full)
+    args = ["train", "-m", "pop", "-d", "synthetic-tiny", "--out", str(tmp_path / "r"), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("config.yaml: No space left on device")

@@ -655,6 +655,9 @@ def _main(args: argparse.Namespace) -> int:
         ValueError,
     ) as e:
         return _error(e.args[0] if isinstance(e, KeyError) and e.args else str(e))
+    except OSError as e:  # disk full, a read-only folder, no permission: the system's reason
+        where = f"{e.filename}: " if e.filename else ""
+        return _error(f"{where}{e.strerror or e}")
     except RuntimeError as e:
         from cadmr.train.trainer import TrainingError  # not at start-up: it imports torch
 

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 MAX_SEED = 2**63 - 1
+MAX_BATCH = 2**31 - 1  # torch indexes tensors with 32-bit sizes in places
 
 
 class ConfigError(ValueError):
@@ -176,11 +177,16 @@ class RunConfig:
 
 
 def _positive(obj: Any, *names: str) -> None:
+    section = "train" if isinstance(obj, TrainConfig) else "eval"
     for n in names:
         v = getattr(obj, n)
         if v <= 0:
-            section = "train" if isinstance(obj, TrainConfig) else "eval"
             raise ConfigError(f"{section}.{n} must be > 0, got {v}")
+    if getattr(obj, "batch_size", 0) > MAX_BATCH:
+        raise ConfigError(
+            f"{section}.batch_size must be at most {MAX_BATCH} (a batch larger than the data "
+            f"is the whole data), got {obj.batch_size}"
+        )
 
 
 # --------------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 import cadmr.train.trainer as trainer
+from cadmr.cli import main
 from cadmr.data import Dataset
 from cadmr.data.synthetic import make_synthetic
 from cadmr.train import TrainingError, resolve_run_config, run
@@ -109,3 +111,32 @@ def test_an_empty_evaluation_split_is_refused_before_anything_is_written(tiny, t
     with pytest.raises(TrainingError, match=f"the {split} split is empty"):
         run(_cfg(), data, tmp_path / "run", echo=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path):
+    args = ["train", "-m", "kernel_ae", "-d", "synthetic-small", "--quiet"]
+    for setting in ("train.epochs=30", "train.patience=100", "train.num_threads=1"):
+        args += ["--set", setting]
+    args += ["--set", "params.hidden=[32,32]"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main([*args, "--out", str(full)]) == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cadmr.cli", *args, "--out", str(cut)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    history, deadline = cut / "history.jsonl", time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if history.exists() and len(history.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL: no handler runs, the lock and status stay as they were
+    proc.wait()
+    assert not (cut / "results.json").exists(), "the run finished before it was killed"
+    assert read_status(cut)["status"] == "running"
+    assert main([*args, "--out", str(cut), "--resume"]) == 0
+    resumed = json.loads((cut / "results.json").read_text())
+    uninterrupted = json.loads((full / "results.json").read_text())
+    assert resumed["test"] == uninterrupted["test"]
+    assert resumed["best_epoch"] == uninterrupted["best_epoch"]
+    assert read_status(cut)["status"] == "finished"
