@@ -8,7 +8,9 @@ finding as the reason: when one gets fixed, its xfail fails and must be removed,
 list below is always the true list of what is still open.
 
 Families: ``--set`` values, ``.inter`` files, feature files, LATTICE JSON, MMSSL pickles,
-checkpoints, and command-line arguments.
+checkpoints, downloads (served from ``file://`` URLs: no network) and command-line
+arguments. Concurrent runs, kill -9 and failed-run states are in
+tests/train/test_runfolder.py, a full disk in tests/test_cli.py.
 """
 
 from __future__ import annotations
@@ -356,6 +358,64 @@ BAD_ARGS = [
 ]
 
 
+# ---------------------------------------------------------------- downloads (file:// URLs)
+
+
+def _archive(kind: str, files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+    import zipfile
+
+    buf = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for name, data in files.items():
+                z.writestr(name, data)
+    else:
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _download_case(
+    name: str, payload: bytes, message: str, sha256: str | None = None, flags: tuple = ()
+) -> Case:
+    def build(tmp: Path) -> list[str]:
+        import hashlib
+
+        source = tmp / "served.bin"
+        source.write_bytes(payload)
+        digest = sha256 or hashlib.sha256(payload).hexdigest()
+        return [
+            "data", "download", "baby", "--dest", str(tmp / "run"), "--quiet",
+            "--url", source.as_uri(), "--sha256", digest, *flags,
+        ]  # fmt: skip
+
+    return Case(f"download-{name}", build, message)
+
+
+GOOD_DATA = {"baby/baby.inter": (HEADER + GOOD).encode()}
+BAD_DOWNLOADS = [
+    _download_case("zip-bomb", _archive("zip", {"baby/x.bin": bytes(20 << 20)}), "refused above"),
+    _download_case("zip-escape", _archive("zip", {"../evil.inter": b"x"}), "unsafe path"),
+    _download_case("tar-escape", _archive("tar", {"../evil.inter": b"x"}), "cannot unpack"),
+    _download_case("not-a-dataset", _archive("zip", {"baby/a.txt": b"hi"}), "not unpack to a"),
+    _download_case("not-an-archive", b"plain bytes", "neither a zip nor a tar"),
+    _download_case("sha-malformed", _archive("zip", GOOD_DATA), "64 hexadecimal", "xyz"),
+    _download_case("sha-mismatch", _archive("zip", GOOD_DATA), "checksum mismatch", "0" * 64),
+]
+
+
+def _no_valid_split(tmp: Path) -> list[str]:
+    folder = tmp / "data"
+    folder.mkdir()
+    (folder / "d.inter").write_text(HEADER + "".join(f"{u}\t{u}\t0\n" for u in range(4)))
+    return ["train", "-m", "pop", "-d", str(folder), "--out", str(tmp / "run"), "--quiet"]
+
+
 def _cases() -> list[Case]:
     cases = [_set_case(n, s, m) for n, (s, m) in BAD_SETS.items()]
     cases += [_set_case(n, s, m, f) for n, (s, m, f) in OPEN_SETS.items()]
@@ -367,7 +427,8 @@ def _cases() -> list[Case]:
     cases.append(_mmssl_case("empty-pickle", None, "cannot unpickle", raw=b""))
     cases.append(_mmssl_case("truncated-pickle", None, "cannot unpickle", raw=b"\x80\x04\x95"))
     cases += [_checkpoint_case(n, w, m) for n, (w, m) in BAD_CHECKPOINTS.items()]
-    return cases + BAD_ARGS
+    cases.append(Case("inter-no-valid-split", _no_valid_split, "the valid split is empty"))
+    return cases + BAD_DOWNLOADS + BAD_ARGS
 
 
 CASES = _cases()
@@ -400,3 +461,4 @@ def test_hostile_input_is_one_clear_line(case, tmp_path, monkeypatch, capsys):
     assert case.message in lines[0], lines[0]
     assert "Traceback" not in err and "ran code" not in out + err
     assert not list(tmp_path.glob("run*/results.json"))  # nothing that looks like a run
+    assert not (tmp_path / "run" / "baby").exists()  # nor a half-downloaded dataset
