@@ -40,7 +40,7 @@ def test_recommend_unknown_user_is_an_error(tmp_path, capsys):
     out = _train(tmp_path)
     capsys.readouterr()
     assert main(["recommend", str(out / "best.pt"), "--user", "10000"]) == 2
-    assert "user 10000 is not in 0..59" in capsys.readouterr().err
+    assert "user '10000' is not a dense id in 0..59" in capsys.readouterr().err
 
 
 def test_config_file_and_set_precedence(tmp_path):
@@ -119,7 +119,7 @@ def test_explain_item_and_user(tmp_path, capsys):
     assert main(["explain", str(bpr / "best.pt"), "--item", "0"]) == 2
     assert "no attention to explain" in capsys.readouterr().err
     assert main(["explain", str(out / "best.pt"), "--item", "99999"]) == 2
-    assert "item 99999 is not in" in capsys.readouterr().err
+    assert "item '99999' is not a dense id in" in capsys.readouterr().err
 
 
 def test_training_errors_are_one_clear_line(tmp_path, capsys):

@@ -315,12 +315,12 @@ BAD_ARGS = [
     Case(
         "args-recommend-unknown-user",
         lambda t: ["recommend", str(_trained(t)), "--user", "100000"],
-        "user 100000",
+        "user '100000' is not a dense id",
     ),
     Case(
         "args-recommend-negative-user",
         lambda t: ["recommend", str(_trained(t)), "--user", "-1"],
-        "user -1",
+        "user '-1' is not a dense id",
     ),
     Case("args-explain-not-cadmr", lambda t: ["explain", str(_trained(t)), "--item", "0"], "cadmr"),
     Case(

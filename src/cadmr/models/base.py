@@ -208,12 +208,17 @@ class Recommender(abc.ABC):
 
     @torch.no_grad()
     def recommend(
-        self, users: np.ndarray, k: int = 10, exclude_seen: bool = True
+        self,
+        users: np.ndarray,
+        k: int = 10,
+        exclude_seen: bool = True,
+        exclude: sp.csr_matrix | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items for ``users``: (items (B, k) int64, scores (B, k) float32).
 
-        Training items are excluded unless ``exclude_seen`` is False. A user with fewer
-        than ``k`` eligible items gets the row padded with item -1 and score -inf. Ranked by
+        Training items are excluded unless ``exclude_seen`` is False; ``exclude`` (users x
+        items) leaves out more (e.g. the validation items). A user with fewer than ``k``
+        eligible items gets the row padded with item -1 and score -inf. Ranked by
         ``ranked_topk`` (streaming item blocks when ``item_block`` is set); NaN scores raise
         FloatingPointError.
         """
@@ -222,7 +227,11 @@ class Recommender(abc.ABC):
         if len(bad):
             raise IndexError(f"user {int(bad[0])} is not in 0..{self.n_users - 1}")
         self.prepare_scoring()
-        exclude = self.train_matrix if exclude_seen else None
+        seen = self.train_matrix if exclude_seen else None
+        if exclude is not None:
+            exclude = sp.csr_matrix(exclude if seen is None else seen + exclude)
+        else:
+            exclude = seen
         values, items = ranked_topk(self, users, k, exclude)
         values, items = values.cpu().numpy(), items.cpu().numpy().copy()
         items[np.isneginf(values)] = -1
