@@ -654,12 +654,11 @@ def phase_summary(results: dict) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from cadmr.models import MODELS
+    from cadmr.catalog import summaries  # read from source: no torch import
 
-    width = max(map(len, MODELS))
-    for name, cls in sorted(MODELS.items()):
-        # a class's own summary line where it has one (cadmr_paper), else its module's
-        doc = cls.summary or (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+    lines = summaries()
+    width = max(map(len, lines))
+    for name, doc in sorted(lines.items()):
         print(f"{name:{width}s} {doc}")
     return 0
 
