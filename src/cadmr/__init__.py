@@ -5,3 +5,13 @@ and multimodal baselines, one generic trainer, and a command-line interface (``c
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["fit", "load", "save"]
+
+
+def __getattr__(name: str):  # the API on first use: `import cadmr` stays light (no torch)
+    if name in __all__:
+        from cadmr import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'cadmr' has no attribute {name!r}")

@@ -22,6 +22,7 @@ finished trials.
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import dataclasses
 import json
@@ -55,6 +56,11 @@ from cadmr.train.device import resolve_device
 from cadmr.train.distributed import data_parallel_loss, rank_and_size
 
 HEADLINE = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+# called with each epoch's history entry (epoch, loss, seconds, valid metrics when
+# evaluated); set by cadmr.api.fit for its ``callback``, None otherwise
+EPOCH_CALLBACK: contextvars.ContextVar[Callable[[dict[str, Any]], None] | None] = (
+    contextvars.ContextVar("EPOCH_CALLBACK", default=None)
+)
 
 
 class TrainingError(RuntimeError):
@@ -332,6 +338,8 @@ def _fit_iterative(
                     state["bad_evals"] += 1
             history.append(entry)
             log(line)
+            if (callback := EPOCH_CALLBACK.get()) is not None:
+                callback(dict(entry))
             save_last(optimizer, epoch)
             with open(out_dir / "history.jsonl", "a") as f:  # after last.pt: never ahead of it
                 f.write(json.dumps(entry) + "\n")
