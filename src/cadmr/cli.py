@@ -155,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_checkpoint_args(p, "dataset (default: the one it was trained on)")
 
+    p = sub.add_parser("serve", help="serve a checkpoint over HTTP (needs cadmr[serve])")
+    p.add_argument("checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    _add_checkpoint_args(p, "dataset (default: the one it was trained on)")
+
     p = sub.add_parser("explain", help="what a CADMR checkpoint attended to for an item or a user")
     p.add_argument("checkpoint")
     who = p.add_mutually_exclusive_group(required=True)
@@ -390,6 +396,20 @@ def _read_user_tokens(path: Path) -> list[str]:
     if not tokens:
         raise ValueError(f"{path} lists no user")
     return tokens
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from cadmr.serve import create_app, describe_checkpoint
+    except ImportError:
+        raise ValueError("serving needs FastAPI and uvicorn: pip install 'cadmr[serve]'") from None
+    model, ck, dataset = _load_for_checkpoint(args)
+    app = create_app(model, dataset, describe_checkpoint(Path(args.checkpoint), ck, dataset))
+    print(f"serving {ck['config']['model']} on {dataset.name}: http://{args.host}:{args.port}")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -669,6 +689,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "recommend": cmd_recommend,
     "explain": cmd_explain,
+    "serve": cmd_serve,
     "data": cmd_data,
     "experiment": cmd_experiment,
     "demo": cmd_demo,

@@ -213,6 +213,7 @@ class Recommender(abc.ABC):
         k: int = 10,
         exclude_seen: bool = True,
         exclude: sp.csr_matrix | None = None,
+        prepare: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items for ``users``: (items (B, k) int64, scores (B, k) float32).
 
@@ -220,13 +221,15 @@ class Recommender(abc.ABC):
         items) leaves out more (e.g. the validation items). A user with fewer than ``k``
         eligible items gets the row padded with item -1 and score -inf. Ranked by
         ``ranked_topk`` (streaming item blocks when ``item_block`` is set); NaN scores raise
-        FloatingPointError.
+        FloatingPointError. ``prepare=False`` skips ``prepare_scoring``: only for a caller
+        that ran it since the parameters last changed (a server of a fixed model).
         """
         users = np.asarray(users, dtype=np.int64).reshape(-1)
         bad = users[(users < 0) | (users >= self.n_users)]
         if len(bad):
             raise IndexError(f"user {int(bad[0])} is not in 0..{self.n_users - 1}")
-        self.prepare_scoring()
+        if prepare:
+            self.prepare_scoring()
         seen = self.train_matrix if exclude_seen else None
         if exclude is not None:
             exclude = sp.csr_matrix(exclude if seen is None else seen + exclude)
