@@ -137,3 +137,33 @@ def test_explain_bad_requests(cadmr_url):
     assert _call(cadmr_url + "/explain?item=1&user=1")[0] == 422
     status, payload = _call(cadmr_url + "/explain?item=99999")
     assert status == 404 and "item '99999'" in payload["error"]
+
+
+@pytest.fixture(scope="module")
+def ease_url(tmp_path_factory, tiny) -> Iterator[str]:
+    yield from _serve(_train(tmp_path_factory.mktemp("serve"), "ease"), tiny)
+
+
+def test_a_new_user_is_folded_in_where_the_model_can(ease_url, bpr, tiny):
+    have = [str(i) for i in tiny.train[2].indices]
+    status, new = _call(ease_url + "/recommend/new", {"items": have, "k": 5})
+    assert status == 200 and len(new["items"]) == 5
+    assert not set(have) & {r["item"] for r in new["items"]}
+    _, known = _call(ease_url + "/recommend?user=2&k=5")  # EASE: the same user, same ranking
+    assert [r["item"] for r in new["items"]] == [r["item"] for r in known["items"]]
+    status, payload = _call(bpr + "/recommend/new", {"items": have})
+    assert status == 409 and "cannot score a user it was not trained on" in payload["error"]
+    assert _call(ease_url + "/recommend/new", {"items": ["99999"]})[0] == 404
+    assert _call(ease_url + "/recommend/new", {"items": []})[0] == 422
+
+
+@pytest.mark.parametrize("server", ["bpr", "ease_url", "cadmr_url"])
+def test_similar_items(request, server):
+    url = request.getfixturevalue(server)
+    status, sim = _call(url + "/similar?item=4&k=3")
+    assert status == 200 and sim["item"] == "4" and len(sim["similar"]) == 3
+    assert "4" not in {r["item"] for r in sim["similar"]}
+    cos = [r["cosine"] for r in sim["similar"]]
+    assert cos == sorted(cos, reverse=True) and all(-1.0001 <= c <= 1.0001 for c in cos)
+    assert _call(url + "/similar?item=99999")[0] == 404
+    assert _call(url + "/similar?item=4&k=0")[0] == 422

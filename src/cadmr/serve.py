@@ -8,13 +8,18 @@ where it has mappings, dense integers otherwise; see cadmr.data.ids):
   checkpoint sits in its run folder.
 - ``GET /recommend?user=ID&k=10&exclude_valid=false``: one user's top-k.
 - ``POST /recommend`` ``{"users": [ID, ...], "k": 10, "exclude_valid": false}``: a batch.
+- ``POST /recommend/new`` ``{"items": [ID, ...], "k": 10}``: a user the model was not
+  trained on, from the items they have (fold-in: EASE and popularity; 409 for models with
+  per-user parameters).
+- ``GET /similar?item=ID&k=10``: the items whose representations (``item_vectors``) are
+  nearest by cosine: embeddings (BPR, the graph models), the autoencoders' item codes,
+  EASE's weight rows.
 - ``GET /explain?item=ID`` or ``?user=ID``: what CADMR's attention looked at (CADMR only).
 
 Bad requests (unknown ids, k out of range, malformed JSON, explain on a model without
 attention) get a 4xx JSON ``{"error": "..."}``, never a 500 or a traceback. Scoring holds a
 lock: torch runs one request's ranking at a time, on all its threads; the model's scoring
-caches (item encodings) are built once at start. Binds 127.0.0.1 by default. Not yet:
-``/similar`` and recommending for a new user from a list of items.
+caches (item encodings) are built once at start. Binds 127.0.0.1 by default.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -42,6 +48,11 @@ class BatchRequest(BaseModel):
     users: list[str | int] = Field(min_length=1, max_length=MAX_USERS)
     k: int = Field(10, ge=1, le=MAX_K)
     exclude_valid: bool = False
+
+
+class NewUserRequest(BaseModel):
+    items: list[str | int] = Field(min_length=1, max_length=MAX_K * 10)
+    k: int = Field(10, ge=1, le=MAX_K)
 
 
 class BadRequest(Exception):
@@ -110,6 +121,56 @@ def create_app(model: Recommender, dataset: Dataset, meta: dict[str, Any]) -> Fa
     def recommend_many(body: BatchRequest) -> dict[str, Any]:
         users = [dense_user(u) for u in body.users]
         return {"results": ranked(users, body.k, body.exclude_valid)}
+
+    @app.post("/recommend/new")
+    def recommend_new(body: NewUserRequest) -> dict[str, Any]:
+        try:
+            items = np.array([ids.item_dense(str(t)) for t in body.items], dtype=np.int64)
+        except KeyError as e:
+            raise BadRequest(e.args[0], 404) from None
+        with lock:
+            scores = model.fold_in(items)
+        if scores is None:
+            raise BadRequest(
+                f"{meta['model']} cannot score a user it was not trained on (per-user "
+                "parameters); EASE and popularity can",
+                409,
+            )
+        scores = scores.detach().cpu().clone()
+        scores[torch.as_tensor(items)] = -torch.inf  # what they already have
+        top = torch.topk(scores, min(body.k, len(scores) - len(set(items.tolist()))))
+        return {
+            "items": [
+                {"item": ids.item_raw(int(i)), "score": float(v)}
+                | ({"title": ids.title(int(i))} if ids.titles is not None else {})
+                for v, i in zip(top.values, top.indices, strict=True)
+            ]
+        }
+
+    @app.get("/similar")
+    def similar(item: str, k: int = 10) -> dict[str, Any]:
+        if not 1 <= k <= MAX_K:
+            raise BadRequest(f"k must be in 1..{MAX_K}, got {k}", 422)
+        try:
+            i = ids.item_dense(item)
+        except KeyError as e:
+            raise BadRequest(e.args[0], 404) from None
+        with lock:
+            vectors = model.item_vectors()
+            if vectors is None:
+                raise BadRequest(f"{meta['model']} has no item representations to compare", 409)
+            unit = torch.nn.functional.normalize(vectors.detach().float(), dim=1)
+            cosine = unit @ unit[i]
+        cosine[i] = -torch.inf
+        top = torch.topk(cosine, min(k, dataset.n_items - 1))
+        return {
+            "item": ids.item_raw(i),
+            "similar": [
+                {"item": ids.item_raw(int(j)), "cosine": float(c)}
+                | ({"title": ids.title(int(j))} if ids.titles is not None else {})
+                for c, j in zip(top.values, top.indices, strict=True)
+            ],
+        }
 
     @app.get("/explain")
     def explain(item: str | None = None, user: str | None = None, top: int = 10) -> dict:

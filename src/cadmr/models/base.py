@@ -206,6 +206,18 @@ class Recommender(abc.ABC):
     def prepare_scoring(self) -> None:  # noqa: B027 - optional hook
         """Hook run once before a round of ``score`` calls (e.g. propagate a graph)."""
 
+    def item_vectors(self) -> torch.Tensor | None:
+        """(n_items, d) item representations whose cosine says which items the model treats
+        alike (``cadmr serve``'s ``/similar``), after ``prepare_scoring``; None where the
+        model has none."""
+        return None
+
+    def fold_in(self, items: np.ndarray) -> torch.Tensor | None:
+        """Scores (n_items,) for a user who is not in the training data, from the items
+        they interacted with; None where the model cannot score an unseen user without
+        retraining (per-user parameters)."""
+        return None
+
     @torch.no_grad()
     def recommend(
         self,
@@ -389,6 +401,11 @@ class CachedEmbeddingScores:
             self.prepare_scoring()
         u, i = self._final
         return u[torch.from_numpy(np.asarray(users, dtype=np.int64)).to(u.device)] @ i.T
+
+    def item_vectors(self) -> torch.Tensor | None:
+        if self._final is None:
+            self.prepare_scoring()
+        return self._final[1]
 
     def train(self, mode: bool = True):
         self._final = None

@@ -74,3 +74,6 @@ class BPRMF(TorchRecommender):
 
     def score(self, users: np.ndarray) -> torch.Tensor:
         return self.user_emb[self.tensor(users)] @ self.item_emb.T  # (B, n_items)
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.item_emb.detach()

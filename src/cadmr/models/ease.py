@@ -124,6 +124,12 @@ class EASE(ClosedFormRecommender):
         self.weights = torch.from_numpy(b if b.dtype == np.float32 else b.astype(np.float32))
         return self
 
+    def item_vectors(self) -> torch.Tensor:
+        return self.weights  # row i: how item i's presence scores every other item
+
+    def fold_in(self, items: np.ndarray) -> torch.Tensor:
+        return self.weights[torch.as_tensor(np.asarray(items, dtype=np.int64))].sum(dim=0)
+
     def score(self, users: np.ndarray) -> torch.Tensor:
         """(B, I) scores ``X_users @ B``, summed over row blocks of ``B`` of at most
         ``MAX_DENSE_ELEMENTS``: torch's sparse @ dense product indexes its dense operand with

@@ -354,6 +354,11 @@ class KernelAE(TorchRecommender):
                 hidden[start : start + len(items)] = self.encode(self.input_rows(items))
         self._hidden = hidden  # (n_items, hidden[-1])
 
+    def item_vectors(self) -> torch.Tensor:
+        if self._hidden is None:
+            self.prepare_scoring()
+        return self._hidden  # each item's code: the last hidden layer of its row
+
     @torch.no_grad()
     def score(self, users: np.ndarray) -> torch.Tensor:
         return self.score_block(users, 0, self.n_items)

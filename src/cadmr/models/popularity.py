@@ -32,6 +32,9 @@ class Popularity(ClosedFormRecommender):
         self.counts = torch.from_numpy(counts.astype(np.float32))  # (n_items,)
         return self
 
+    def fold_in(self, items: np.ndarray) -> torch.Tensor:
+        return self.counts.clone()  # the same ranking for everyone
+
     def score(self, users: np.ndarray) -> torch.Tensor:
         return self.counts.expand(len(users), -1).clone()  # (B, n_items)
 
