@@ -308,6 +308,14 @@ def _trained(tmp: Path) -> Path:
     return out / "best.pt"
 
 
+def _config_case(name: str, text: str) -> Case:
+    def build(tmp: Path) -> list[str]:
+        (tmp / "c.yaml").write_text(text)
+        return [*TRAIN, "--out", str(tmp / "run"), "--config", str(tmp / "c.yaml")]
+
+    return Case(name, build, "c.yaml")
+
+
 BAD_ARGS = [
     Case("args-unknown-model", lambda t: ["train", "-m", "nope", "-d", "synthetic-tiny"], "nope"),
     Case("args-unknown-dataset", lambda t: ["train", "-m", "bpr", "-d", "nowhere"], "nowhere"),
@@ -338,22 +346,8 @@ BAD_ARGS = [
         lambda t: [*TRAIN, "--out", str(t / "run"), "--config", str(t / "none.yaml")],
         "none.yaml",
     ),
-    Case(
-        "args-config-yaml-tag",
-        lambda t: (
-            (t / "c.yaml").write_text("train: !!python/object/apply:os.system [id]\n")
-            and [*TRAIN, "--out", str(t / "run"), "--config", str(t / "c.yaml")]
-        ),
-        "c.yaml",
-    ),
-    Case(
-        "args-config-not-mapping",
-        lambda t: (
-            (t / "c.yaml").write_text("- 1\n- 2\n")
-            and [*TRAIN, "--out", str(t / "run"), "--config", str(t / "c.yaml")]
-        ),
-        "c.yaml",
-    ),
+    _config_case("args-config-yaml-tag", "train: !!python/object/apply:os.system [id]\n"),
+    _config_case("args-config-not-mapping", "- 1\n- 2\n"),
     Case("args-seed-negative", lambda t: [*TRAIN, "--out", str(t / "r"), "--seed", "-1"], "seed"),
 ]
 

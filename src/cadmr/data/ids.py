@@ -23,14 +23,19 @@ ITEM_TEXT = "item_text.tsv"
 TITLE_CHARS = 80
 
 
+def _read_tsv(path: Path, what: str) -> pd.DataFrame:
+    """A tab-separated file with a header, every field as text."""
+    try:
+        return pd.read_csv(path, sep="\t", dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read {what}: {e}") from None
+
+
 def _read_mapping(path: Path, n: int, what: str) -> np.ndarray | None:
     """dense id -> raw id (str array of length n), or None when the file is absent."""
     if not path.is_file():
         return None
-    try:
-        df = pd.read_csv(path, sep="\t", dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the {what} id mapping: {e}") from None
+    df = _read_tsv(path, f"the {what} id mapping")
     if df.shape[1] != 2:
         raise DataError(f"{path}: expected 2 tab-separated columns (raw id, dense id)")
     raw, dense_text = df.iloc[:, 0].to_numpy(), df.iloc[:, 1]
@@ -51,10 +56,7 @@ def _titles(folder: Path, items: np.ndarray | None, n: int) -> np.ndarray | None
     path = folder / ITEM_TEXT
     if not path.is_file():
         return None
-    try:
-        df = pd.read_csv(path, sep="\t", dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read item texts: {e}") from None
+    df = _read_tsv(path, "item texts")
     if df.shape[1] < 2:
         raise DataError(f"{path}: expected columns item<TAB>text")
     texts = df["text"] if "text" in df.columns else df.iloc[:, 1]
