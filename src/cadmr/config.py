@@ -96,7 +96,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """The ranking protocol (docs/PROTOCOL.md).
+    """The ranking protocol (docs/protocol.md).
 
     Attributes:
         ks: Cut-offs for every metric.

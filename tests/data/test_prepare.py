@@ -12,7 +12,7 @@ the 5-core needs three removing passes:
 What remains: users AUSERA-AUSERE with the 10 items B000000001-B000000010 each, and AUSERF
 with B000000001-05: 6 users, 10 items, 55 interactions. One line repeats (AUSERA,
 B000000001) and is dropped as a duplicate, so the input has 73 distinct pairs of 10 users
-and 12 items. Split (PROTOCOL.md): n = 10 -> 8/1/1 for A-E, n = 5 -> 3/1/1 for F, so
+and 12 items. Split (docs/protocol.md): n = 10 -> 8/1/1 for A-E, n = 5 -> 3/1/1 for F, so
 43 train, 6 valid, 6 test.
 """
 

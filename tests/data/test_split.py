@@ -1,4 +1,4 @@
-"""Per-user split: PROTOCOL.md's counts, exact coverage, reproducibility, errors."""
+"""Per-user split: docs/protocol.md's counts, exact coverage, reproducibility, errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from cadmr.data.split import TEST, TRAIN, VALID, split_counts, split_per_user
 
-# Hand-computed from PROTOCOL.md: n < 10 -> (n-2, 1, 1); n >= 10 -> vt = int(0.2 n),
+# Hand-computed from docs/protocol.md: n < 10 -> (n-2, 1, 1); n >= 10 -> vt = int(0.2 n),
 # valid = vt // 2, test = vt - valid, train = n - vt.
 EXPECTED = {
     3: (1, 1, 1),

@@ -1,4 +1,4 @@
-"""Known-answer, edge-case and property tests of the ranking metrics (docs/PROTOCOL.md).
+"""Known-answer, edge-case and property tests of the ranking metrics (docs/protocol.md).
 
 Every expected value below is worked out by hand in the comment next to it. Useful constants:
 1/log2(2) = 1, 1/log2(3) = 0.6309297535714575, 1/log2(4) = 0.5, 1/log2(5) = 0.4306765580733931,
@@ -242,7 +242,7 @@ def random_cases(seed: int, n_cases: int = 40) -> list[tuple[np.ndarray, np.ndar
 
 
 def reference(metric: str, hits: np.ndarray, n_rel: int, k: int) -> float:
-    """One user, written as a plain loop from the definitions in docs/PROTOCOL.md."""
+    """One user, written as a plain loop from the definitions in docs/protocol.md."""
     h = [bool(x) for x in hits[:k]]
     n_hits = sum(h)
     if metric == "recall":

@@ -1,4 +1,4 @@
-"""The full-ranking protocol (docs/PROTOCOL.md) with a fake model whose scores we choose."""
+"""The full-ranking protocol (docs/protocol.md) with a fake model whose scores we choose."""
 
 from __future__ import annotations
 

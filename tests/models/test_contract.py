@@ -1,4 +1,4 @@
-"""The shared model contract (STYLE.md), run against every registered model.
+"""The shared model contract (docs/conventions.md), run against every registered model.
 
 A model added to the registry is tested here automatically: score shape and finiteness,
 determinism per seed, a training step lowers the loss, checkpoint round trip, the leakage

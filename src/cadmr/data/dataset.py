@@ -2,7 +2,7 @@
 
 A :class:`Dataset` is immutable: its sparse matrices and feature arrays are read-only, and
 it is built only through :meth:`Dataset.build`, which validates everything and applies the
-protocol's cold-user rule (docs/PROTOCOL.md) before anything else can see the data.
+protocol's cold-user rule (docs/protocol.md) before anything else can see the data.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Dataset:
         """Validate split matrices and features and return an immutable dataset.
 
         Matrices are binarised (any non-zero counts as one interaction). Validation and
-        test rows of users without any training interaction are dropped (PROTOCOL.md);
+        test rows of users without any training interaction are dropped (docs/protocol.md);
         how many is recorded in ``info``.
 
         Raises:

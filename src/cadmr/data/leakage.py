@@ -1,6 +1,6 @@
 """Leakage guard: no held-out (user, item) pair may reach a matrix a model learns from.
 
-PROTOCOL.md requires the check where the matrices are built. Models receive a
+docs/protocol.md requires the check where the matrices are built. Models receive a
 :class:`LeakageGuard` in ``setup`` and call :meth:`LeakageGuard.check` on every
 interaction-derived matrix they build (autoencoder input and target, graph adjacency,
 cross-attention query). A violation raises :class:`LeakageError` and training stops.
@@ -77,6 +77,6 @@ class LeakageGuard:
             raise LeakageError(
                 f"{what}: {int(leaked.sum())} validation/test interaction(s) found in a matrix "
                 f"the model learns from (e.g. user {u}, item {i}). Models may only see the "
-                "training split; see docs/PROTOCOL.md."
+                "training split; see docs/protocol.md."
             )
         return matrix

@@ -1,6 +1,6 @@
 """From raw interactions, metadata and images to an MMRec-format dataset folder.
 
-The pipeline of ``cadmr data prepare`` (docs/PROTOCOL.md, "When we split raw data
+The pipeline of ``cadmr data prepare`` (docs/protocol.md, "When we split raw data
 ourselves"; design notes in docs/data.md):
 
 1. Stream the interactions (:mod:`cadmr.data.raw`); a repeated (user, item) pair is kept once.

@@ -20,7 +20,7 @@ In every format, ``<modality>_feat.npy`` files in the folder are item features (
 item i), loaded with ``allow_pickle=False`` and converted to float32.
 
 Sizes: for ``mmrec`` and ``lattice``, n_users = max user id + 1 and n_items = max item id + 1
-over all three splits (docs/PROTOCOL.md); for ``mmssl`` they are the matrices' shape, which
+over all three splits (docs/protocol.md); for ``mmssl`` they are the matrices' shape, which
 must agree across the three files.
 
 Duplicates (a decision): a (user, item) pair repeated *within* one split is collapsed into a

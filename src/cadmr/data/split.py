@@ -1,4 +1,4 @@
-"""Per-user random train / valid / test split, exactly as docs/PROTOCOL.md prescribes.
+"""Per-user random train / valid / test split, exactly as docs/protocol.md prescribes.
 
 For a user with ``n`` interactions:
 

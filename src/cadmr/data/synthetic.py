@@ -4,7 +4,7 @@ Users and items belong to latent groups. Users interact mostly with items of the
 group (``in_group``), with a Zipf-like popularity inside each group, and every item's
 features in every modality are its group's centroid plus Gaussian noise, so the features
 carry real, measurable signal about what a user will interact with. The result is split
-per user exactly as docs/PROTOCOL.md prescribes and returned as a validated
+per user exactly as docs/protocol.md prescribes and returned as a validated
 :class:`~cadmr.data.dataset.Dataset`.
 
 Everything is drawn from one ``np.random.default_rng(seed)``: the same spec and seed give a

@@ -1,4 +1,4 @@
-"""Top-K ranking metrics as pure functions (docs/PROTOCOL.md).
+"""Top-K ranking metrics as pure functions (docs/protocol.md).
 
 All functions take ``hits``, a boolean (B, K) array whose row u, column r tells whether the
 item ranked at position r + 1 for user u is relevant, and ``n_rel``, the number of relevant

@@ -1,4 +1,4 @@
-"""The full-ranking evaluation protocol (docs/PROTOCOL.md), in one place for every model.
+"""The full-ranking evaluation protocol (docs/protocol.md), in one place for every model.
 
 For each user with at least one item in the evaluated split: score all items, mask the
 user's training items (and, only if asked, validation items at test time), take the top

@@ -1,4 +1,4 @@
-"""Mean +- std over seeds of test metrics, as Markdown, CSV and JSON (PROTOCOL.md: every
+"""Mean +- std over seeds of test metrics, as Markdown, CSV and JSON (docs/protocol.md: every
 table carries a popularity row and the Recall@10 / NDCG@10 ratio)."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def summarize(
 
 
 def _ratio(tests: Sequence[Mapping[str, float]]) -> float:
-    """Recall@10 / NDCG@10 of the means (PROTOCOL.md's leakage fingerprint)."""
+    """Recall@10 / NDCG@10 of the means (docs/protocol.md's leakage fingerprint)."""
     ndcg = np.mean([t["ndcg@10"] for t in tests])
     return float(np.mean([t["recall@10"] for t in tests]) / ndcg) if ndcg else float("nan")
 

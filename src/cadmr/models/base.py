@@ -5,7 +5,7 @@ object, and never reads or writes files. Its life cycle:
 
 1. ``setup(train, features, guard)``: receives the training matrix and item features and
    builds whatever it derives from them (adjacency, Gram matrix, input rows), passing each
-   interaction-derived matrix through ``guard.check`` (docs/PROTOCOL.md leakage guard).
+   interaction-derived matrix through ``guard.check`` (docs/protocol.md leakage guard).
 2. Closed-form models: ``fit()``. Iterative models: the generic trainer draws
    ``batches(rng, batch_size)`` and minimises ``loss(batch)``.
 3. ``score(users) -> (B, n_items)`` raw scores. Masking, top-K and metrics belong to the

@@ -1,5 +1,5 @@
 """Sparse graphs the multimodal models build: kNN item graphs from features, top-k
-co-occurrence neighbours, degree normalisation (STYLE.md: shared math lives once).
+co-occurrence neighbours, degree normalisation (docs/conventions.md: shared math lives once).
 
 Every builder works in row blocks, so no dense N x N matrix is ever formed: peak memory is
 O(block x N) for the similarities plus O(N x k) for the result. On Electronics (63,001 items)

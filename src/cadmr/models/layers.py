@@ -1,4 +1,4 @@
-"""Shared math of the models: losses, graph operations and kernel layers (STYLE.md)."""
+"""Shared math of the models: losses, graph operations and kernel layers (docs/conventions.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training-batch samplers shared by the models (written once, STYLE.md)."""
+"""Training-batch samplers shared by the models (written once, docs/conventions.md)."""
 
 from __future__ import annotations
 

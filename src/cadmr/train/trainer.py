@@ -656,12 +656,12 @@ def fitted_popularity(dataset: Dataset) -> Recommender:
 
 
 def _popularity_reference(config: RunConfig, dataset: Dataset) -> dict[str, float]:
-    """Test metrics of the popularity baseline, printed beside every result (PROTOCOL.md)."""
+    """Test metrics of the popularity baseline, printed beside every result (docs/protocol.md)."""
     return evaluate(fitted_popularity(dataset), dataset, "test", config.eval)
 
 
 def results_markdown(rows: list[dict[str, Any]], keys: tuple[str, ...] = HEADLINE) -> str:
-    """A Markdown table of test metrics with the Recall@10 / NDCG@10 ratio (PROTOCOL.md).
+    """A Markdown table of test metrics with the Recall@10 / NDCG@10 ratio (docs/protocol.md).
 
     A popularity reference row is added from the first result that carries one, so every
     table shows the floor any personalised model must clear.
