@@ -4,7 +4,7 @@ One frozen dataclass per concern (training loop, evaluation) and one per model (
 to the model). YAML maps onto the fields; unknown keys and wrong types are errors that name
 the offending key and its source. Merge order (later wins):
 
-    dataclass defaults -> dataset YAML -> model YAML -> experiment YAML (--config) -> --set
+    dataclass defaults -> the model's train_defaults -> experiment YAML (--config) -> --set
 
 A resolved run configuration is written beside every run's results and checkpoints.
 """
@@ -364,7 +364,7 @@ def build_run_config(
         model: Registered model name.
         dataset: Dataset name or path.
         params_cls: The model's hyper-parameter dataclass.
-        layers: Mappings in merge order (dataset YAML, model YAML, --config, --set).
+        layers: Mappings in merge order (the model's train_defaults, --config, --set).
         default_search: The model's default validation grid, used when no layer sets one.
     """
     data: dict[str, Any] = {}

@@ -373,3 +373,15 @@ def test_retain_freed_memory_applies_on_glibc_and_can_be_switched_off(monkeypatc
     monkeypatch.delenv("CADMR_RETAIN_FREED_MEMORY")
     if platform.libc_ver()[0] == "glibc":
         assert retain_freed_memory() is True
+
+
+@pytest.mark.parametrize(
+    ("model", "batch"),
+    [("kernel_ae", 64), ("cadmr", 64), ("cadmr_paper", 64), ("addvae", 512), ("bpr", 2048)],
+)
+def test_a_models_train_defaults_sit_between_the_dataclass_and_the_user(model, batch, tmp_path):
+    assert resolve_run_config(model, "d").train.batch_size == batch
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  batch_size: 7\n")
+    assert resolve_run_config(model, "d", config_file=cfg).train.batch_size == 7
+    assert resolve_run_config(model, "d", sets=["train.batch_size=9"]).train.batch_size == 9

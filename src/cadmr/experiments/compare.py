@@ -66,7 +66,7 @@ def compare(
 
     Args:
         dataset: The loaded dataset.
-        spec: How the dataset was named (packaged dataset YAML is looked up by it).
+        spec: How the dataset was named (recorded in the run configurations).
         models: Labels ``MODEL[+mg][:param=value,...]`` (``parse_label``): a registered
             model, optionally with parameter overrides; ``+mg`` retrains the selected
             configuration of the same label without it, same seed, with Mirror Gradient.

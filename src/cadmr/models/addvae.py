@@ -529,6 +529,7 @@ class ADDVAE(TorchRecommender):
     """Rating and content disentangled VAEs over user rows, aligned (module docstring)."""
 
     name = "addvae"
+    train_defaults: ClassVar[Mapping[str, Any]] = {"batch_size": 512}  # the official run.sh
     params_cls = ADDVAEParams
     needs_features = True
     # 12 points: K around run.sh's 4, and both weights at run.sh's and main.py's defaults

@@ -151,6 +151,8 @@ class Recommender(abc.ABC):
         needs_features: True when the model cannot run without item features.
         item_block: Items scored per ``score_block`` call when ranking (``ranked_topk``);
             0 scores the whole catalogue with one ``score`` call.
+        train_defaults: The model's own defaults for the ``train`` section, over
+            ``TrainConfig``'s (e.g. item autoencoders train on small item batches).
     """
 
     name: ClassVar[str]
@@ -161,6 +163,7 @@ class Recommender(abc.ABC):
     budget_search: ClassVar[Mapping[str, tuple[Any, ...]] | None] = None
     needs_features: ClassVar[bool] = False
     item_block: ClassVar[int] = 0
+    train_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(
         self, params: Any, n_users: int, n_items: int, feature_dims: Mapping[str, int]

@@ -45,7 +45,7 @@ in most datasets; docs/cadmr.md records its validation result.
 Memory: a batch of B items holds a few dense (B, n_users) tensors (target, output and their
 gradients), and every step builds each layer's full local kernel once (``shared_kernels``):
 two n_users x hidden matrices, 39 MB each on Baby. The packaged default batch is 64 items
-(configs/model/kernel_ae.yaml). On large catalogues the kernels dominate a step whatever
+(``KernelAE.train_defaults``). On large catalogues the kernels dominate a step whatever
 its batch, so larger batches (512-1024) cost much less per epoch
 (benchmarks/cadmr_epoch.py).
 """
@@ -164,6 +164,10 @@ class KernelAE(TorchRecommender):
     params_cls = KernelAEParams
     scoring_block: int = SCORING_BLOCK  # item rows encoded at once by prepare_scoring
     item_block = 8192  # rankings stream item blocks (models/base.py ranked_topk)
+    # one item row per example: small item batches give the autoencoder enough steps per
+    # epoch (docs/cadmr.md, "Item batches of 64"); CADMR inherits them, so its pretraining
+    # phase is exactly this model
+    train_defaults: ClassVar[Mapping[str, Any]] = {"batch_size": 64}
     # pos_weight is our adaptation to implicit data and GLocal-K's lambda_2 was never
     # validated for it; neither paper publishes a grid, so this is ours (docs/cadmr.md):
     # sparse catalogues select the large weight and L2 (Scientific: 100, 130), dense ones

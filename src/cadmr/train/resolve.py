@@ -1,4 +1,4 @@
-"""Resolve a run configuration from the registry, the packaged YAML files and the CLI."""
+"""Resolve a run configuration from the registry, a configuration file and the CLI."""
 
 from __future__ import annotations
 
@@ -9,11 +9,6 @@ from cadmr.config import RunConfig, build_run_config, load_yaml, parse_sets
 from cadmr.models import get_model_class
 
 GRIDS = ("none", "published", "budget")
-PACKAGED = Path(__file__).resolve().parents[1] / "configs"
-
-
-def _dataset_key(dataset: str) -> str:
-    return Path(dataset.rstrip("/")).name
 
 
 def resolve_run_config(
@@ -25,25 +20,21 @@ def resolve_run_config(
     extra: dict[str, Any] | None = None,
     grid: str = "none",
 ) -> RunConfig:
-    """Merge defaults -> dataset YAML -> model YAML -> ``config_file`` -> ``extra`` ->
-    ``sets`` -> ``seed``, and validate the result strictly.
+    """Merge defaults (the dataclasses', then the model's ``train_defaults``) ->
+    ``config_file`` -> ``extra`` -> ``sets`` -> ``seed``, and validate the result strictly.
 
     ``search`` is what the layers set. Where no layer sets one, ``grid`` decides (``GRIDS``):
     "none" (one configuration, as ``cadmr train``), "published" (the model's published grid,
     ``default_search``, as ``cadmr tune`` searches) or "budget" (its ``budget_search``, the
     published grid where it has none).
 
-    Packaged YAML files live in ``cadmr/configs/dataset/<name>.yaml`` and
-    ``cadmr/configs/model/<name>.yaml`` and are used when present.
+    A model's defaults live in one file, its module: the params dataclass, the grids and
+    ``train_defaults``.
     """
     cls = get_model_class(model)
     layers: list[dict[str, Any]] = []
-    for path in (
-        PACKAGED / "dataset" / f"{_dataset_key(dataset)}.yaml",
-        PACKAGED / "model" / f"{cls.name}.yaml",
-    ):
-        if path.is_file():
-            layers.append(load_yaml(path))
+    if cls.train_defaults:
+        layers.append({"train": dict(cls.train_defaults)})
     if config_file:
         layers.append(load_yaml(config_file))
     if extra:
