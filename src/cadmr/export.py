@@ -53,18 +53,16 @@ def ranked_rows(
     out unless ``exclude_seen`` is False, and ``exclude``'s too; items a user cannot get
     (fewer than k eligible) are left out rather than padded."""
     bar = tqdm(total=len(users), unit="user", disable=not progress, desc="recommend")
+    model.prepare_scoring()  # once for all blocks: the model does not change in between
     for start in range(0, len(users), USER_BLOCK):
         block = users[start : start + USER_BLOCK]
-        items, scores = model.recommend(block, k, exclude_seen, exclude)
+        items, scores = model.recommend(block, k, exclude_seen, exclude, prepare=False)
         for u, its, scs in zip(block, items, scores, strict=True):
             user = ids.user_raw(int(u))
             for rank, (i, s) in enumerate(zip(its, scs, strict=True), start=1):
                 if i < 0:
                     break
-                row = {"user": user, "rank": rank, "item": ids.item_raw(int(i)), "score": float(s)}
-                if ids.titles is not None:
-                    row["title"] = ids.title(int(i))
-                yield row
+                yield {"user": user, "rank": rank, **ids.item_entry(int(i), score=float(s))}
         bar.update(len(block))
     bar.close()
 

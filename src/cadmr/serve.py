@@ -78,11 +78,6 @@ def create_app(model: Recommender, dataset: Dataset, meta: dict[str, Any]) -> Fa
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, 422)
 
-    def entry(item: int, **values: float) -> dict[str, Any]:
-        """One item of an answer: its raw id, ``values``, and its title where known."""
-        out = {"item": ids.item_raw(item), **values}
-        return out | {"title": ids.title(item)} if ids.titles is not None else out
-
     def dense_user(token: str | int) -> int:
         try:
             return ids.user_dense(str(token))
@@ -99,7 +94,11 @@ def create_app(model: Recommender, dataset: Dataset, meta: dict[str, Any]) -> Fa
             )
         out = []
         for u, its, scs in zip(users, items, scores, strict=True):
-            recs = [entry(int(i), score=float(s)) for i, s in zip(its, scs, strict=True) if i >= 0]
+            recs = [
+                ids.item_entry(int(i), score=float(s))
+                for i, s in zip(its, scs, strict=True)
+                if i >= 0
+            ]
             out.append({"user": ids.user_raw(u), "items": recs})
         return out
 
@@ -141,7 +140,8 @@ def create_app(model: Recommender, dataset: Dataset, meta: dict[str, Any]) -> Fa
         top = torch.topk(scores, min(body.k, len(scores) - len(set(items.tolist()))))
         return {
             "items": [
-                entry(int(i), score=float(v)) for v, i in zip(top.values, top.indices, strict=True)
+                ids.item_entry(int(i), score=float(v))
+                for v, i in zip(top.values, top.indices, strict=True)
             ]
         }
 
@@ -164,7 +164,8 @@ def create_app(model: Recommender, dataset: Dataset, meta: dict[str, Any]) -> Fa
         return {
             "item": ids.item_raw(i),
             "similar": [
-                entry(int(j), cosine=float(c)) for c, j in zip(top.values, top.indices, strict=True)
+                ids.item_entry(int(j), cosine=float(c))
+                for c, j in zip(top.values, top.indices, strict=True)
             ],
         }
 

@@ -117,6 +117,12 @@ class IdMaps:
     def item_raw(self, dense: int) -> str:
         return str(self.items[dense]) if self.items is not None else str(dense)
 
+    def item_entry(self, dense: int, **values: object) -> dict[str, object]:
+        """An item as an export row or a server answer shows it: raw id, ``values``, and
+        its title where the dataset has item texts."""
+        entry = {"item": self.item_raw(dense), **values}
+        return entry | {"title": self.title(dense)} if self.titles is not None else entry
+
     def title(self, dense: int) -> str:
         return str(self.titles[dense]) if self.titles is not None else ""
 
