@@ -343,32 +343,23 @@ def _int_column(
 
     def fail(mask: np.ndarray, problem: str) -> DataError:
         row = int(np.flatnonzero(mask)[0])
-        value = s.iloc[row]
-        shown = repr(value) if isinstance(value, str) else str(value)
         return DataError(
             f"{path}: line {int(df.index[row]) + 2}: {problem} in column {col!r} "
-            f"(value {shown}); {int(mask.sum())} such line(s)"
+            f"(value {s.iloc[row]!r}); {int(mask.sum())} such line(s)"
         )
 
-    if s.dtype.kind in "iu":
-        values = s.to_numpy()
-        if values.dtype.kind == "u" and len(values) and values.max() > _MAX_ID:
-            raise fail(values > _MAX_ID, "id too large")
-        values = values.astype(np.int64)
-    else:
-        missing = s.isna().to_numpy()
-        if missing.any():
-            raise fail(missing, "missing value (empty field or short line)")
-        if s.dtype.kind == "b":
-            raise fail(np.ones(len(s), dtype=bool), "non-integer value")
-        # plain decimal integers only: no exponent, sign-less spaces, decimals or inf
-        plain = s.astype(str).str.fullmatch(_PLAIN_INT).to_numpy(dtype=bool)
-        if not plain.all():
-            raise fail(~plain, "non-integer value")
-        num = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        if np.abs(num).max() > _MAX_ID:
-            raise fail(np.abs(num) > _MAX_ID, "id too large")
-        values = num.astype(np.int64)
+    # the column is text (_read_inter reads ids as written): missing, then plain decimal
+    # integers only (no exponent, padding spaces, decimals or inf), then in range
+    missing = s.isna().to_numpy()
+    if missing.any():
+        raise fail(missing, "missing value (empty field or short line)")
+    plain = s.str.fullmatch(_PLAIN_INT).to_numpy(dtype=bool)
+    if not plain.all():
+        raise fail(~plain, "non-integer value")
+    num = pd.to_numeric(s).to_numpy(dtype=np.float64)
+    if np.abs(num).max() > _MAX_ID:
+        raise fail(np.abs(num) > _MAX_ID, "id too large")
+    values = num.astype(np.int64)
     if not allow_negative and (values < 0).any():
         raise fail(values < 0, "negative id")
     return values

@@ -554,7 +554,7 @@ def _run_owned(
         log(f"took over {out_dir} from process {stale}, which ended without releasing it")
     runfolder.write_status(out_dir, "running")
     try:
-        results = _train_and_test(config, dataset, out_dir, resume, log)
+        results = _train_and_test(config, dataset, out_dir, resume, log, device)
     except KeyboardInterrupt:
         runfolder.write_status(out_dir, "interrupted", resume="continue with --resume")
         raise
@@ -566,10 +566,14 @@ def _run_owned(
 
 
 def _train_and_test(
-    config: RunConfig, dataset: Dataset, out_dir: Path, resume: bool, log: _Log
+    config: RunConfig,
+    dataset: Dataset,
+    out_dir: Path,
+    resume: bool,
+    log: _Log,
+    device: torch.device,
 ) -> dict[str, Any]:
     """Every trial of the grid, the best on validation tested once; writes results.json."""
-    device = resolve_device(config.train.device)
     threads = set_threads(config.train.num_threads)
     retain_freed_memory()
     log(
