@@ -73,8 +73,7 @@ def fit(
 
 def _trained(config, data: Dataset, out_dir: Path) -> Recommender:
     results = run(config, data, out_dir, echo=False)
-    model, ck = load_model(results["checkpoint"], data)
-    setattr(model, CHECKPOINT, {k: v for k, v in ck.items() if k != "model_state"})
+    model = load(results["checkpoint"], data)
     model.results = results
     return model
 

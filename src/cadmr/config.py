@@ -32,9 +32,11 @@ class ConfigError(ValueError):
     """A configuration key is unknown, has the wrong type or an invalid value."""
 
 
-def _first_line(error: Exception) -> str:
-    """A YAML error's first line: the rest is a multi-line picture of the offending text."""
-    return str(error).strip().splitlines()[0]
+def first_line(error: BaseException) -> str:
+    """An error's first line, for one-line messages (YAML and torch errors go on with a
+    multi-line picture or hint); its type name when it has no text."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 # the values train.device takes (checked here and by cadmr.train.device, which also serves
@@ -311,7 +313,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"cannot read config file {p}: {e.strerror or e}") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {_first_line(e)}") from e
+        raise ConfigError(f"{p} is not valid YAML: {first_line(e)}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -329,7 +331,7 @@ def parse_sets(assignments: list[str] | tuple[str, ...]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {a!r}: value is not valid YAML: {_first_line(e)}") from e
+            raise ConfigError(f"--set {a!r}: value is not valid YAML: {first_line(e)}") from e
         parts = key.strip().split(".")
         node = out
         for p in parts[:-1]:

@@ -51,8 +51,9 @@ def _read_mapping(path: Path, n: int, what: str) -> np.ndarray | None:
     return out
 
 
-def _titles(folder: Path, items: np.ndarray | None, n: int) -> np.ndarray | None:
-    """dense item -> a short title from item_text.tsv ("" where none), or None."""
+def _titles(folder: Path, index: dict[str, int] | None, n: int) -> np.ndarray | None:
+    """dense item -> a short title from item_text.tsv ("" where none), or None. ``index``
+    maps raw item ids to dense ones; without it the file's ids are dense integers."""
     path = folder / ITEM_TEXT
     if not path.is_file():
         return None
@@ -60,11 +61,10 @@ def _titles(folder: Path, items: np.ndarray | None, n: int) -> np.ndarray | None
     if df.shape[1] < 2:
         raise DataError(f"{path}: expected columns item<TAB>text")
     texts = df["text"] if "text" in df.columns else df.iloc[:, 1]
-    raw_to_dense = {r: i for i, r in enumerate(items if items is not None else range(n))}
     out = np.full(n, "", dtype=object)
     for raw, text in zip(df.iloc[:, 0], texts, strict=True):
-        dense = raw_to_dense.get(raw if items is not None else _as_int(raw))
-        if dense is not None:
+        dense = index.get(raw) if index is not None else _as_int(raw)
+        if dense is not None and dense < n:
             first = text.split(". ")[0].strip()
             out[dense] = first if len(first) <= TITLE_CHARS else first[: TITLE_CHARS - 3] + "..."
     return out
@@ -101,15 +101,10 @@ class IdMaps:
         folder = Path(str(folder))
         users = _read_mapping(folder / USER_MAP, dataset.n_users, "user")
         items = _read_mapping(folder / ITEM_MAP, dataset.n_items, "item")
-        return cls(
-            dataset.n_users,
-            dataset.n_items,
-            users,
-            items,
-            _titles(folder, items, dataset.n_items),
-            {r: i for i, r in enumerate(users)} if users is not None else {},
-            {r: i for i, r in enumerate(items)} if items is not None else {},
-        )
+        user_index = {r: i for i, r in enumerate(users)} if users is not None else {}
+        item_index = {r: i for i, r in enumerate(items)} if items is not None else {}
+        titles = _titles(folder, item_index if items is not None else None, dataset.n_items)
+        return cls(dataset.n_users, dataset.n_items, users, items, titles, user_index, item_index)
 
     def user_raw(self, dense: int) -> str:
         return str(self.users[dense]) if self.users is not None else str(dense)

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from cadmr.config import first_line
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
@@ -72,8 +74,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "data, which are refused (loading them could run code)"
         ) from None
     except Exception as e:  # truncated or foreign file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot read checkpoint {path}: {reason}") from None
+        raise ValueError(f"cannot read checkpoint {path}: {first_line(e)}") from None
     if not isinstance(ck, dict):
         raise ValueError(f"{path} is not a cadmr checkpoint (it holds a {type(ck).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in ck]
