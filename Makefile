@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+# named datasets are looked up in $CADMR_DATA_DIR (the library's default is ./data); the
+# team's real datasets sit beside the checkout
+export CADMR_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: demo test test-slow lint clean
 

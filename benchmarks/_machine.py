@@ -14,6 +14,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import cadmr.models.layers as layers
 
+# named datasets (lfm2k, baby, ...) come from $CADMR_DATA_DIR; by default the team's folder
+# beside the checkout (the library itself would look in ./data)
+os.environ.setdefault(
+    "CADMR_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+)
+
 
 def sync(device: str | torch.device = "cpu") -> None:
     """Wait for the device's queued work (a GPU runs asynchronously), so a clock read after

@@ -32,8 +32,10 @@ from _machine import flop_counter, machine_line, matmul_gflops, peak_rss_gib, sy
 from cadmr.data import LeakageGuard
 from cadmr.data.sources import resolve_dataset
 from cadmr.models.base import batch_to
+from cadmr.train.loop import make_optimizer
 from cadmr.train.resolve import resolve_run_config
-from cadmr.train.trainer import build_model, make_optimizer, retain_freed_memory
+from cadmr.train.runtime import retain_freed_memory
+from cadmr.train.trainer import build_model
 
 
 def measure(

@@ -45,8 +45,10 @@ from cadmr.data.sources import resolve_dataset
 from cadmr.eval.protocol import evaluate
 from cadmr.models import MODELS, ClosedFormRecommender
 from cadmr.models.base import batch_to
+from cadmr.train.loop import make_optimizer
 from cadmr.train.resolve import resolve_run_config
-from cadmr.train.trainer import build_model, make_optimizer, retain_freed_memory
+from cadmr.train.runtime import retain_freed_memory
+from cadmr.train.trainer import build_model
 
 
 def step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: object) -> None:

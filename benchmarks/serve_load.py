@@ -34,8 +34,7 @@ import uvicorn
 import cadmr
 from cadmr.data.sources import resolve_dataset
 from cadmr.serve import create_app, describe_checkpoint
-from cadmr.train.checkpoint import load_checkpoint
-from cadmr.train.trainer import load_model
+from cadmr.train.checkpoint import load_checkpoint, load_model
 
 QUICK = {  # short training runs: the benchmark measures serving, not accuracy
     "ease": {},

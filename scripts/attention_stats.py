@@ -24,8 +24,7 @@ import torch
 
 from cadmr.data.sources import resolve_dataset
 from cadmr.data.synthetic import planted_item_groups
-from cadmr.train.checkpoint import load_checkpoint
-from cadmr.train.trainer import load_model
+from cadmr.train.checkpoint import load_checkpoint, load_model
 
 MAX_ITEMS = 20_000
 NEIGHBOURS = 20

@@ -11,6 +11,8 @@
 # Finished runs (results.json present) are skipped; interrupted ones resume.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the team's datasets beside the checkout, unless CADMR_DATA_DIR names another folder
+export CADMR_DATA_DIR=${CADMR_DATA_DIR:-$(cd .. && pwd)/shared/data}
 dataset=$1
 seed=${2:-0}
 grid=${GRID:-budget}

@@ -19,6 +19,8 @@
 # runs (results.json present) are skipped. One thread per run: start two datasets at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the team's datasets beside the checkout, unless CADMR_DATA_DIR names another folder
+export CADMR_DATA_DIR=${CADMR_DATA_DIR:-$(cd .. && pwd)/shared/data}
 dataset=$1; shift
 seeds=("${@:-0 1 2}")
 read -r -a seeds <<< "${seeds[*]}"

@@ -1,8 +1,17 @@
-"""Fixtures shared by test folders."""
+"""Fixtures shared by test folders, and the team's data directory."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+
+# the library looks for named datasets in $CADMR_DATA_DIR, else ./data; the team's real
+# datasets sit beside the checkout, so tests (and `make`) point it there unless it is set
+os.environ.setdefault(
+    "CADMR_DATA_DIR", str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 
 
 @pytest.fixture
@@ -10,7 +19,7 @@ def crash_while_saving(monkeypatch):
     """``crash_while_saving(phase, epoch)`` makes the trainer raise KeyboardInterrupt while it
     writes ``last.pt`` with that trainer state (phase index, epochs done); it returns a
     function that restores the real save."""
-    import cadmr.train.trainer as trainer
+    import cadmr.train.loop as trainer
 
     real = trainer.save_checkpoint
 

@@ -11,7 +11,7 @@ import torch
 import cadmr
 from cadmr.cli import main
 from cadmr.data.synthetic import make_synthetic
-from cadmr.train.trainer import load_model
+from cadmr.train.checkpoint import load_model
 
 
 @pytest.fixture(scope="module")

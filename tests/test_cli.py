@@ -76,6 +76,24 @@ def test_errors_are_one_clear_line(args, message, capsys, tmp_path, monkeypatch)
         assert err.rstrip().endswith(", ".join(sorted(MODELS)))
 
 
+def test_a_bug_keeps_its_traceback_and_debug_shows_every_one(monkeypatch, capsys):
+    """Only a CadmrError (or an OSError) is a one-line user error: anything else is a bug,
+    whose traceback must not be flattened into a message that blames the user."""
+    import cadmr.catalog
+
+    def broken() -> dict[str, str]:
+        return {}["no such key"]
+
+    monkeypatch.setattr(cadmr.catalog, "summaries", broken)
+    with pytest.raises(KeyError, match="no such key"):
+        main(["models"])
+    from cadmr.errors import CadmrError
+
+    with pytest.raises(CadmrError, match="registered models"):
+        main(["--debug", "train", "-m", "nope", "-d", "synthetic-tiny"])
+    assert capsys.readouterr().err == ""
+
+
 def test_data_describe(capsys):
     assert main(["data", "describe", "synthetic-tiny"]) == 0
     text = capsys.readouterr().out

@@ -12,7 +12,7 @@ import pytest
 from cadmr.cli import main
 from cadmr.data.ids import IdMaps
 from cadmr.data.readers import load_dataset
-from cadmr.train.trainer import load_model
+from cadmr.train.checkpoint import load_model
 
 N_USERS, N_ITEMS = 6, 9
 

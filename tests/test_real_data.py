@@ -1,4 +1,5 @@
-"""Quality bands on the real datasets in ../shared/data (slow; skipped when absent).
+"""Quality bands on the real datasets in $CADMR_DATA_DIR, which conftest.py points at the
+team's ../shared/data (slow; skipped when absent).
 
 Run with ``make test-slow``. The bands come from the published MMRec Baby numbers and our
 own validation-selected runs (docs/results.md).
@@ -6,14 +7,13 @@ own validation-selected runs (docs/results.md).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from cadmr.data.readers import load_dataset
+from cadmr.data.sources import data_directory
 from cadmr.train import resolve_run_config, run
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = data_directory()
 
 pytestmark = pytest.mark.slow
 

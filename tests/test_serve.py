@@ -21,8 +21,7 @@ uvicorn = pytest.importorskip("uvicorn")
 from cadmr.cli import main  # noqa: E402
 from cadmr.data.synthetic import make_synthetic  # noqa: E402
 from cadmr.serve import create_app, describe_checkpoint  # noqa: E402
-from cadmr.train.checkpoint import load_checkpoint  # noqa: E402
-from cadmr.train.trainer import load_model  # noqa: E402
+from cadmr.train.checkpoint import load_checkpoint, load_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,12 @@ from typing import Any
 
 from cadmr.data.dataset import Dataset
 from cadmr.data.sources import resolve_dataset
+from cadmr.errors import CadmrValueError
 from cadmr.models.base import Recommender
-from cadmr.train.checkpoint import load_checkpoint, save_checkpoint
+from cadmr.train.checkpoint import load_checkpoint, load_model, save_checkpoint
+from cadmr.train.loop import EPOCH_CALLBACK
 from cadmr.train.resolve import resolve_run_config
-from cadmr.train.trainer import EPOCH_CALLBACK, load_model, run
+from cadmr.train.trainer import run
 
 CHECKPOINT = "_cadmr_checkpoint"  # the attribute holding a model's checkpoint metadata
 
@@ -83,7 +85,7 @@ def save(model: Recommender, path: str | Path) -> Path:
     evaluate`` and ``cadmr recommend`` read."""
     meta = getattr(model, CHECKPOINT, None)
     if meta is None:
-        raise ValueError("only a model from cadmr.fit or cadmr.load can be saved")
+        raise CadmrValueError("only a model from cadmr.fit or cadmr.load can be saved")
     path = Path(path)
     save_checkpoint(path, {**meta, "model_state": model.state()})
     return path

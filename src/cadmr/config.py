@@ -24,11 +24,13 @@ from typing import Any
 
 import yaml
 
+from cadmr.errors import CadmrValueError
+
 MAX_SEED = 2**63 - 1
 MAX_BATCH = 2**31 - 1  # torch indexes tensors with 32-bit sizes in places
 
 
-class ConfigError(ValueError):
+class ConfigError(CadmrValueError):
     """A configuration key is unknown, has the wrong type or an invalid value."""
 
 

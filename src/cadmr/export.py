@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from cadmr.data.ids import IdMaps
+from cadmr.errors import CadmrValueError
 from cadmr.models.base import Recommender
 
 FORMATS = (".csv", ".jsonl", ".parquet")
@@ -31,12 +32,12 @@ def check_format(path: Path) -> str:
     """The export format of ``path`` (its extension), or a ValueError naming the choices."""
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(f"{path}: the output must end in {', '.join(FORMATS)}")
+        raise CadmrValueError(f"{path}: the output must end in {', '.join(FORMATS)}")
     if suffix == ".parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise ValueError("writing .parquet needs pyarrow: pip install pyarrow") from None
+            raise CadmrValueError("writing .parquet needs pyarrow: pip install pyarrow") from None
     return suffix
 
 

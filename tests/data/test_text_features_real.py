@@ -1,21 +1,22 @@
 """The shipped all-MiniLM-L6-v2 weights reproduce the lfm2k text features (slow).
 
-``../shared/data/lfm2k/item_text.tsv`` (columns ``itemID``, ``artistID``, ``text``) holds the
-text that ``text_feat.npy`` encodes (data README: mean pooling with the attention mask, L2
-normalisation, max length 256). Skipped when the data or the ``features`` extra is absent.
+``lfm2k/item_text.tsv`` in $CADMR_DATA_DIR (the team's ../shared/data, tests/conftest.py;
+columns ``itemID``, ``artistID``, ``text``) holds the text that ``text_feat.npy`` encodes
+(data README: mean pooling with the attention mask, L2 normalisation, max length 256).
+Skipped when the data or the ``features`` extra is absent.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cadmr.data.raw import read_item_texts
+from cadmr.data.sources import data_directory
 
-LFM2K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lfm2k"
+LFM2K = data_directory() / "lfm2k"
 
 pytestmark = pytest.mark.slow
 

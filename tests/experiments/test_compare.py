@@ -8,7 +8,8 @@ import json
 import pytest
 
 import cadmr.experiments.cache as cache_mod
-from cadmr.cli import ABLATION, main
+from cadmr.cli import main
+from cadmr.cli.experiment import ABLATION
 from cadmr.data.synthetic import make_synthetic
 from cadmr.experiments import compare, run_key, summarize, to_csv, to_markdown
 from cadmr.train import resolve_run_config

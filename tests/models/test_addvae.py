@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from cadmr.data import LeakageGuard
-from cadmr.data.synthetic import SyntheticSpec, make_synthetic
 from cadmr.models import addvae as addvae_module
 from cadmr.models.addvae import (
     ADDVAE,
@@ -23,22 +22,17 @@ from cadmr.models.addvae import (
     mixture_logits,
     squared_distance_loss,
 )
+from cadmr.testing import setup_model, small_dataset
 
 SMALL = {"n_concepts": 3, "embedding_size": 8, "hidden": (16,)}
 
 
 def _data(modalities=(("a", 6), ("b", 4)), seed=0):
-    spec = SyntheticSpec(
-        n_users=30, n_items=25, n_interactions=200, n_groups=2, modalities=modalities
-    )
-    return make_synthetic(spec, seed=seed)
+    return small_dataset(modalities, n_items=25, seed=seed)
 
 
 def _model(data, **params) -> ADDVAE:
-    torch.manual_seed(0)
-    model = ADDVAE(ADDVAEParams(**{**SMALL, **params}), data.n_users, data.n_items, data.modalities)
-    model.setup(data.train, data.features, LeakageGuard(data))
-    return model
+    return setup_model(ADDVAE, ADDVAEParams(**{**SMALL, **params}), data)
 
 
 @pytest.fixture(scope="module")

@@ -7,31 +7,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cadmr.data import LeakageGuard
-from cadmr.data.synthetic import SyntheticSpec, make_synthetic
 from cadmr.models.bm3 import BM3, BM3Params, cosine_loss
 from cadmr.models.layers import normalized_bipartite_adjacency
 from cadmr.models.sampling import PairBatch
+from cadmr.testing import setup_model, small_dataset
 
 MODALITIES = (("a", 3), ("b", 2), ("c", 5))
 
 
 def _data(n_modalities: int = 2):
-    spec = SyntheticSpec(
-        n_users=30,
-        n_items=20,
-        n_interactions=200,
-        n_groups=2,
-        modalities=MODALITIES[:n_modalities],
-    )
-    return make_synthetic(spec, seed=0)
+    return small_dataset(MODALITIES[:n_modalities])
 
 
 def _model(data, **params) -> BM3:
-    torch.manual_seed(0)
-    model = BM3(BM3Params(embedding_size=4, **params), data.n_users, data.n_items, data.modalities)
-    model.setup(data.train, data.features, LeakageGuard(data))
-    return model
+    return setup_model(BM3, BM3Params(embedding_size=4, **params), data)
 
 
 def _batch(data) -> PairBatch:

@@ -22,8 +22,9 @@ from cadmr.models.disentangle import (
     gaussian_total_correlation,
 )
 from cadmr.models.kernel_ae import KernelAE, KernelAEParams
+from cadmr.train.checkpoint import load_model
 from cadmr.train.resolve import resolve_run_config
-from cadmr.train.trainer import load_model, run
+from cadmr.train.trainer import run
 
 SMALL = {"hidden": (16, 8), "latent_dim": 8, "modality_dim": 6, "extractor_hidden": 12}
 SMALL_MM = {"latent_dim": 32, "modality_dim": 32, "extractor_hidden": 64}

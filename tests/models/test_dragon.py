@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from cadmr.config import TrainConfig
 from cadmr.data import LeakageGuard
-from cadmr.data.synthetic import SyntheticSpec, make_synthetic
 from cadmr.models.dragon import (
     DRAGON,
     DRAGONParams,
@@ -23,21 +22,16 @@ from cadmr.models.dragon import (
 )
 from cadmr.models.graphs import knn_graph, sym_normalize
 from cadmr.models.sampling import TripletBatch
-from cadmr.train.trainer import make_optimizer
+from cadmr.testing import setup_model, small_dataset
+from cadmr.train.loop import make_optimizer
 
 
 def _data(modalities=(("a", 3), ("b", 2)), seed=0):
-    spec = SyntheticSpec(
-        n_users=30, n_items=20, n_interactions=200, n_groups=2, modalities=modalities
-    )
-    return make_synthetic(spec, seed=seed)
+    return small_dataset(modalities, seed=seed)
 
 
 def _model(data, **params):
-    torch.manual_seed(0)
-    model = DRAGON(DRAGONParams(**params), data.n_users, data.n_items, data.modalities)
-    model.setup(data.train, data.features, LeakageGuard(data))
-    return model
+    return setup_model(DRAGON, DRAGONParams(**params), data)
 
 
 # ------------------------------------------------------------------------- user-user graph

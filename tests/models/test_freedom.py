@@ -9,36 +9,22 @@ import torch
 import torch.nn.functional as F
 
 from cadmr.data import LeakageGuard
-from cadmr.data.synthetic import SyntheticSpec, make_synthetic
 from cadmr.models.freedom import FREEDOM, FREEDOMParams, modality_graph_weights
 from cadmr.models.graphs import knn_graph, sym_normalize
 from cadmr.models.layers import normalized_bipartite_adjacency
+from cadmr.testing import setup_model, small_dataset
 
 MODALITIES = (("image", 6), ("text", 5), ("audio", 4))
 
 
-def _data(n_modalities: int):
-    spec = SyntheticSpec(
-        n_users=30,
-        n_items=24,
-        n_interactions=240,
-        n_groups=2,
-        modalities=MODALITIES[:n_modalities],
-    )
-    return make_synthetic(spec, seed=0)
-
-
-@pytest.fixture(scope="module")
-def data2():
-    return _data(2)
+def _data(n_modalities: int):  # data2 (conftest.py) is _data(2)
+    return small_dataset(MODALITIES[:n_modalities], n_items=24, n_interactions=240)
 
 
 def _model(data, seed: int = 0, **params) -> FREEDOM:
-    torch.manual_seed(seed)
-    p = FREEDOMParams(**{"embedding_size": 8, "knn_k": 3, **params})
-    model = FREEDOM(p, data.n_users, data.n_items, data.modalities)
-    model.setup(data.train, data.features, LeakageGuard(data))
-    return model
+    return setup_model(
+        FREEDOM, FREEDOMParams(**{"embedding_size": 8, "knn_k": 3, **params}), data, seed
+    )
 
 
 def _knn(data, m: str, k: int) -> np.ndarray:

@@ -236,8 +236,9 @@ def test_global_kernel_phases_and_gradients():
 
 
 def test_global_kernel_run_has_two_phases(tmp_path):
+    from cadmr.train.checkpoint import load_model
     from cadmr.train.resolve import resolve_run_config
-    from cadmr.train.trainer import load_model, run
+    from cadmr.train.trainer import run
 
     data = tiny_dataset()
     cfg = resolve_run_config(

@@ -8,38 +8,26 @@ import torch
 import torch.nn.functional as F
 
 from cadmr.config import TrainConfig
-from cadmr.data import LeakageGuard
-from cadmr.data.synthetic import SyntheticSpec, make_synthetic
 from cadmr.models.graphs import knn_graph, normalized_knn_tensor, sym_normalize
 from cadmr.models.lattice import LATTICE, LATTICEParams
 from cadmr.models.layers import normalized_bipartite_adjacency
-from cadmr.train.trainer import make_optimizer
+from cadmr.testing import setup_model, small_dataset
+from cadmr.train.loop import make_optimizer
 
 MODALITIES = (("audio", 6), ("text", 5), ("whisper", 4))
 
 
-def _data(n_modalities: int):
-    spec = SyntheticSpec(
-        n_users=30,
-        n_items=24,
-        n_interactions=240,
-        n_groups=2,
-        modalities=MODALITIES[:n_modalities],
-    )
-    return make_synthetic(spec, seed=0)
-
-
-@pytest.fixture(scope="module")
-def data2():
-    return _data(2)
+def _data(n_modalities: int):  # data2 (conftest.py) is _data(2)
+    return small_dataset(MODALITIES[:n_modalities], n_items=24, n_interactions=240)
 
 
 def _model(data, seed: int = 0, **params) -> LATTICE:
-    torch.manual_seed(seed)
-    p = LATTICEParams(**{"embedding_size": 8, "feat_embed_dim": 6, "knn_k": 3, **params})
-    model = LATTICE(p, data.n_users, data.n_items, data.modalities)
-    model.setup(data.train, data.features, LeakageGuard(data))
-    return model
+    return setup_model(
+        LATTICE,
+        LATTICEParams(**{"embedding_size": 8, "feat_embed_dim": 6, "knn_k": 3, **params}),
+        data,
+        seed,
+    )
 
 
 def _dense(t: torch.Tensor) -> np.ndarray:

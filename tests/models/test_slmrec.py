@@ -10,32 +10,20 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from cadmr.data import LeakageGuard
-from cadmr.data.synthetic import SyntheticSpec, make_synthetic
 from cadmr.models.layers import propagate_mean, to_torch_sparse
 from cadmr.models.sampling import PairBatch
 from cadmr.models.slmrec import SSL_TASKS, SLMRec, SLMRecParams, info_nce, propagate_dropout
+from cadmr.testing import setup_model, small_dataset
 
 MODALITIES = (("a", 3), ("b", 2), ("c", 5))
 
 
 def _data(n_modalities: int = 2):
-    spec = SyntheticSpec(
-        n_users=30,
-        n_items=20,
-        n_interactions=200,
-        n_groups=2,
-        modalities=MODALITIES[:n_modalities],
-    )
-    return make_synthetic(spec, seed=0)
+    return small_dataset(MODALITIES[:n_modalities])
 
 
 def _model(data, **params) -> SLMRec:
-    torch.manual_seed(0)
-    p = SLMRecParams(embedding_size=8, **params)
-    model = SLMRec(p, data.n_users, data.n_items, data.modalities)
-    model.setup(data.train, data.features, LeakageGuard(data))
-    return model
+    return setup_model(SLMRec, SLMRecParams(embedding_size=8, **params), data)
 
 
 def _batch(data, n: int = 16) -> PairBatch:

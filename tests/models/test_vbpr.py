@@ -7,16 +7,13 @@ import pytest
 import torch
 
 from cadmr.data import LeakageGuard
-from cadmr.data.synthetic import SyntheticSpec, make_synthetic
 from cadmr.models.vbpr import VBPR, VBPRParams
+from cadmr.testing import small_dataset
 
 
 @pytest.fixture(scope="module")
 def data():
-    spec = SyntheticSpec(
-        n_users=30, n_items=20, n_interactions=200, n_groups=2, modalities=(("a", 3), ("b", 2))
-    )
-    return make_synthetic(spec, seed=0)
+    return small_dataset()  # 30 users x 20 items, modalities "a" (3-d) and "b" (2-d)
 
 
 def test_score_is_biases_plus_id_and_content_terms(data):

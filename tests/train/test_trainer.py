@@ -71,7 +71,7 @@ def test_early_stopping_respects_patience(tiny, tmp_path):
 
 def test_resume_continues_exactly(tiny, tmp_path, monkeypatch):
     """Interrupt while the 3rd epoch's state is being saved; resume must match a clean run."""
-    import cadmr.train.trainer as trainer
+    import cadmr.train.loop as trainer
 
     cfg = _cfg(epochs=6, patience=100)
     full = run(cfg, tiny, tmp_path / "full", echo=False)
@@ -315,7 +315,7 @@ def test_mirror_gradient_takes_the_paper_steps(alpha1, alpha2):
     w <- w - lr alpha1 a w, then w <- w + lr alpha2 a w' at the new w'; batches 1, 2 are
     plain steps."""
     from cadmr.config import TrainConfig
-    from cadmr.train.trainer import _train_epoch
+    from cadmr.train.loop import train_epoch as _train_epoch
 
     model, lr, a = _Quadratic(), 0.1, 2.0
     tc = TrainConfig(
@@ -356,7 +356,7 @@ def test_a_learning_rate_parameter_overrides_the_training_one(model_lr, expected
     from types import SimpleNamespace
 
     from cadmr.config import TrainConfig
-    from cadmr.train.trainer import make_optimizer
+    from cadmr.train.loop import make_optimizer
 
     model = torch.nn.Linear(2, 2)
     model.params = SimpleNamespace(learning_rate=model_lr)
@@ -366,7 +366,7 @@ def test_a_learning_rate_parameter_overrides_the_training_one(model_lr, expected
 def test_retain_freed_memory_applies_on_glibc_and_can_be_switched_off(monkeypatch):
     import platform
 
-    from cadmr.train.trainer import retain_freed_memory
+    from cadmr.train.runtime import retain_freed_memory
 
     monkeypatch.setenv("CADMR_RETAIN_FREED_MEMORY", "0")
     assert retain_freed_memory() is False
@@ -385,3 +385,29 @@ def test_a_models_train_defaults_sit_between_the_dataclass_and_the_user(model, b
     cfg.write_text("train:\n  batch_size: 7\n")
     assert resolve_run_config(model, "d", config_file=cfg).train.batch_size == 7
     assert resolve_run_config(model, "d", sets=["train.batch_size=9"]).train.batch_size == 9
+
+
+def test_the_transcript_goes_to_train_log_and_the_cadmr_run_logger(tiny, tmp_path, capsys):
+    """echo=False keeps standard output clean; an application handler on ``cadmr.run``
+    receives the same lines as train.log, and the run removes its own handlers after."""
+    import logging
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("cadmr.run")
+    keep = Keep()
+    logger.addHandler(keep)
+    try:
+        run(_cfg(epochs=2), tiny, tmp_path, echo=False)
+    finally:
+        logger.removeHandler(keep)
+    assert capsys.readouterr().out == ""
+    assert seen == (tmp_path / "train.log").read_text().splitlines()
+    assert any(line.startswith("epoch    1 loss") for line in seen)
+    from cadmr.logs import TqdmHandler
+
+    assert not [h for h in logger.handlers if isinstance(h, logging.FileHandler | TqdmHandler)]

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from cadmr.errors import CadmrValueError
+
 SPLITS = ("train", "valid", "test")
 
 
-class DataError(ValueError):
+class DataError(CadmrValueError):
     """Raised when a dataset on disk or in memory breaks the format or the protocol."""
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cadmr.data.dataset import DataError, Dataset
+from cadmr.errors import CadmrKeyError
 
 USER_MAP = "u_id_mapping.csv"
 ITEM_MAP = "i_id_mapping.csv"
@@ -136,5 +137,5 @@ class IdMaps:
         dense = _as_int(token)
         if dense is None or dense >= n:
             known = "a raw id of the dataset's mapping or " if index else ""
-            raise KeyError(f"{what} {token!r} is not {known}a dense id in 0..{n - 1}")
+            raise CadmrKeyError(f"{what} {token!r} is not {known}a dense id in 0..{n - 1}")
         return dense

@@ -12,9 +12,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from cadmr.data.dataset import Dataset, pair_keys
+from cadmr.errors import CadmrError
 
 
-class LeakageError(RuntimeError):
+class LeakageError(CadmrError, RuntimeError):
     """A validation or test interaction was found in a model's input."""
 
 

@@ -5,9 +5,13 @@ Resolution order for ``spec``:
 1. ``synthetic-<preset>`` (e.g. ``synthetic-small``): the embedded generator, data seed 0,
    so every run and every model sees the same data.
 2. An existing folder path.
-3. A folder named ``spec`` in the data directories, searched in this order: the explicit
-   ``data_dir`` argument (``--data-dir``), the ``CADMR_DATA_DIR`` environment variable,
-   ``./../shared/data`` and the ``shared/data`` folder beside this repository's checkout.
+3. A folder named ``spec`` in the data directory: the explicit ``data_dir`` argument
+   (``--data-dir``), else the ``CADMR_DATA_DIR`` environment variable, else ``./data``
+   (where ``cadmr data download`` puts datasets by default).
+
+The library knows no other place. The team's shared datasets are configured where the
+team works: the Makefile and the tests' conftest set ``CADMR_DATA_DIR`` to
+``../shared/data`` when it is unset.
 """
 
 from __future__ import annotations
@@ -28,23 +32,12 @@ PLANTED = {
     "content-planted-hard": {"users_per_item": 2, "uninformative": 0.5},
 }
 ENV_VAR = "CADMR_DATA_DIR"
+DEFAULT_DATA_DIR = "data"
 
 
-def data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Existing data directories in search order (see module docstring)."""
-    candidates: list[Path] = []
-    if data_dir:
-        candidates.append(Path(data_dir))
-    if os.environ.get(ENV_VAR):
-        candidates.append(Path(os.environ[ENV_VAR]))
-    candidates.append(Path.cwd().parent / "shared" / "data")
-    candidates.append(Path(__file__).resolve().parents[3].parent / "shared" / "data")
-    seen: list[Path] = []
-    for c in candidates:
-        c = c.resolve()
-        if c.is_dir() and c not in seen:
-            seen.append(c)
-    return seen
+def data_directory(explicit: str | os.PathLike | None = None) -> Path:
+    """The data directory (see module docstring); it need not exist."""
+    return Path(explicit or os.environ.get(ENV_VAR) or DEFAULT_DATA_DIR).expanduser()
 
 
 def resolve_dataset(spec: str, data_dir: str | os.PathLike | None = None) -> Dataset:
@@ -66,13 +59,12 @@ def resolve_dataset(spec: str, data_dir: str | os.PathLike | None = None) -> Dat
     path = Path(spec).expanduser()
     if path.is_dir():
         return load_dataset(path)
-    dirs = data_dirs(data_dir)
-    for d in dirs:
-        if (d / spec).is_dir():
-            return load_dataset(d / spec)
-    searched = ", ".join(str(d) for d in dirs) or "(no data directory exists)"
+    folder = data_directory(data_dir)
+    if (folder / spec).is_dir():
+        return load_dataset(folder / spec)
+    where = "--data-dir" if data_dir else f"${ENV_VAR}" if os.environ.get(ENV_VAR) else "default"
     raise DataError(
         f"dataset {spec!r} is neither a folder nor a synthetic preset "
-        f"({', '.join(SYNTHETIC_PREFIX + p for p in PRESETS)}), and no folder of that name "
-        f"is in the data directories: {searched}. Use --data-dir or ${ENV_VAR}."
+        f"({', '.join(SYNTHETIC_PREFIX + p for p in PRESETS)}), and {folder.resolve()} (the "
+        f"data directory, {where}) has no folder of that name. Use --data-dir or ${ENV_VAR}."
     )

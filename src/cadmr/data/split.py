@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from cadmr.data.dataset import DataError
+
 TRAIN, VALID, TEST = 0, 1, 2
 """The ``x_label`` codes of the MMRec ``.inter`` format."""
 
@@ -80,7 +82,7 @@ def split_per_user(users: np.ndarray, items: np.ndarray, rng: np.random.Generato
     _, uid, counts = np.unique(users, return_inverse=True, return_counts=True)
     too_few = counts < MIN_INTERACTIONS
     if too_few.any():
-        raise ValueError(
+        raise DataError(
             f"{int(too_few.sum())} user(s) have fewer than {MIN_INTERACTIONS} interactions "
             f"(smallest: {int(counts.min())}); each needs at least one train, one valid and "
             f"one test interaction. Apply the 5-core filter before splitting."

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from cadmr.config import RunConfig
 from cadmr.data.dataset import Dataset
+from cadmr.errors import CadmrValueError
 from cadmr.experiments.cache import cached_run
 from cadmr.train import resolve_run_config
 
@@ -44,7 +45,7 @@ def parse_label(label: str) -> tuple[str, list[str], bool]:
     sets = [f"params.{kv.strip()}" for kv in overrides.split(",") if kv.strip()]
     bad = [kv for kv in sets if "=" not in kv]
     if bad:
-        raise ValueError(f"label {label!r}: expected MODEL[+mg][:param=value,...]")
+        raise CadmrValueError(f"label {label!r}: expected MODEL[+mg][:param=value,...]")
     return model, sets, head.endswith(MG)
 
 

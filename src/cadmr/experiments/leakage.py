@@ -28,6 +28,7 @@ from cadmr.data.leakage import LeakageGuard
 from cadmr.eval.protocol import evaluate
 from cadmr.experiments.cache import run_key
 from cadmr.experiments.compare import compare
+from cadmr.markdown import markdown_table
 from cadmr.models import TorchRecommender
 from cadmr.train import load_model, resolve_run_config
 from cadmr.train.checkpoint import atomic_write_text, load_checkpoint
@@ -163,21 +164,16 @@ def audit_markdown(rows: Sequence[dict[str, Any]]) -> str:
     honest = {
         (r["model"], r["seed"]): r["test"]["ndcg@10"] for r in rows if r["condition"] == "honest"
     }
-    lines = [
-        "| model | seed | condition | R@10 | R@20 | N@10 | N@20 | R@10/N@10 | N@10 / honest |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    head = ["model", "seed", "condition", "R@10", "R@20", "N@10", "N@20", "R@10/N@10"]
+    body = []
     for r in rows:
         t = r["test"]
         ratio = t["recall@10"] / t["ndcg@10"] if t["ndcg@10"] else float("nan")
         base = honest.get((r["model"], r["seed"]))
         rel = f"{t['ndcg@10'] / base:.2f}x" if base else "-"
         cells = [f"{t[m]:.4f}" for m in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")]
-        lines.append(
-            f"| {r['model']} | {r['seed']} | {r['condition']} | " + " | ".join(cells)
-            + f" | {ratio:.2f} | {rel} |"
-        )  # fmt: skip
-    return "\n".join(lines) + "\n"
+        body.append([r["model"], r["seed"], r["condition"], *cells, f"{ratio:.2f}", rel])
+    return markdown_table([*head, "N@10 / honest"], body)
 
 
 def write_audit(out: Path, dataset_name: str, rows: Sequence[dict[str, Any]]) -> str:

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from cadmr.markdown import markdown_table
+
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
 
@@ -50,10 +52,7 @@ def _ratio(tests: Sequence[Mapping[str, float]]) -> float:
 def to_markdown(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS) -> str:
     """The summary as a Markdown table: mean +- std per metric (std shown with 2+ seeds)."""
     short = [m.replace("recall", "R").replace("ndcg", "N") for m in metrics]
-    lines = [
-        "| model | seeds | " + " | ".join(short) + " | R@10/N@10 | s/epoch |",
-        "|---|---|" + "---|" * (len(metrics) + 2),
-    ]
+    body = []
     for r in rows:
         seeds = ",".join(map(str, r["seeds"])) or "-"
         cells = [
@@ -61,10 +60,8 @@ def to_markdown(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS
             for m in metrics
         ]
         secs = f"{r['seconds_per_epoch']:.2f}" if r["seeds"] else "-"
-        lines.append(
-            f"| {r['model']} | {seeds} | " + " | ".join(cells) + f" | {r['ratio']:.2f} | {secs} |"
-        )
-    return "\n".join(lines) + "\n"
+        body.append([r["model"], seeds, *cells, f"{r['ratio']:.2f}", secs])
+    return markdown_table(["model", "seeds", *short, "R@10/N@10", "s/epoch"], body)
 
 
 def to_csv(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS) -> str:

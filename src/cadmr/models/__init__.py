@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cadmr.errors import CadmrKeyError
 from cadmr.models.addvae import ADDVAE
 from cadmr.models.base import ClosedFormRecommender, Recommender, TorchRecommender
 from cadmr.models.bm3 import BM3
@@ -43,7 +44,7 @@ def get_model_class(name: str) -> type[Recommender]:
     try:
         return MODELS[name.lower()]
     except KeyError:
-        raise KeyError(
+        raise CadmrKeyError(
             f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}"
         ) from None
 

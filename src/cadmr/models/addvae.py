@@ -543,15 +543,10 @@ class ADDVAE(TorchRecommender):
     }
 
     def __init__(
-        self,
-        params: ADDVAEParams,
-        n_users: int,
-        n_items: int,
-        feature_dims: Mapping[str, int],
+        self, params: ADDVAEParams, n_users: int, n_items: int, feature_dims: Mapping[str, int]
     ) -> None:
         super().__init__(params, n_users, n_items, feature_dims)
         p = params
-        self.modalities = sorted(feature_dims)
         n_feat = sum(feature_dims[m] for m in self.modalities)
         common = {
             "n_items": n_items,

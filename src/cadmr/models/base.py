@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from cadmr.data.leakage import LeakageGuard
+from cadmr.errors import CadmrValueError
 
 
 def mask_rows(scores: torch.Tensor, users: np.ndarray, exclude: sp.csr_matrix) -> torch.Tensor:
@@ -169,11 +170,14 @@ class Recommender(abc.ABC):
         self, params: Any, n_users: int, n_items: int, feature_dims: Mapping[str, int]
     ) -> None:
         if self.needs_features and not feature_dims:
-            raise ValueError(f"{self.name} needs at least one item modality; the data has none")
+            raise CadmrValueError(
+                f"{self.name} needs at least one item modality; the data has none"
+            )
         self.params = params
         self.n_users = n_users
         self.n_items = n_items
         self.feature_dims = dict(feature_dims)
+        self.modalities = sorted(feature_dims)  # the order every model iterates them in
         self.train_matrix: sp.csr_matrix | None = None
 
     def setup(

@@ -53,7 +53,9 @@ from cadmr.data.leakage import LeakageGuard
 from cadmr.models.base import CachedEmbeddingScores, TorchRecommender
 from cadmr.models.layers import (
     checked_bipartite_adjacency,
-    feature_tensor,
+    id_embeddings,
+    modality_features,
+    modality_projections,
     propagate_mean,
 )
 from cadmr.models.sampling import PairBatch, PairSampler, ShuffledBatches
@@ -108,26 +110,16 @@ class BM3(CachedEmbeddingScores, TorchRecommender):
     }
 
     def __init__(
-        self,
-        params: BM3Params,
-        n_users: int,
-        n_items: int,
-        feature_dims: Mapping[str, int],
+        self, params: BM3Params, n_users: int, n_items: int, feature_dims: Mapping[str, int]
     ) -> None:
         super().__init__(params, n_users, n_items, feature_dims)
         d = params.embedding_size
-        self.modalities = sorted(feature_dims)
-        self.user_emb = nn.Parameter(torch.empty(n_users, d))
-        self.item_emb = nn.Parameter(torch.empty(n_items, d))
-        nn.init.xavier_uniform_(self.user_emb)
-        nn.init.xavier_uniform_(self.item_emb)
+        self.user_emb, self.item_emb = id_embeddings(n_users, n_items, d)
         self.predictor = nn.Linear(d, d)
         nn.init.xavier_normal_(self.predictor.weight)
-        self.projections = nn.ModuleDict(
-            {m: nn.Linear(feature_dims[m], d) for m in self.modalities}
+        self.projections = modality_projections(
+            feature_dims, self.modalities, d, init=nn.init.xavier_normal_
         )
-        for layer in self.projections.values():
-            nn.init.xavier_normal_(layer.weight)
         self.features: dict[str, torch.Tensor] = {}
 
     def setup(
@@ -136,8 +128,7 @@ class BM3(CachedEmbeddingScores, TorchRecommender):
         super().setup(train, features, guard)
         self.adj = checked_bipartite_adjacency(self.train_matrix, guard, "BM3")
         self.sampler = PairSampler(self.train_matrix)
-        for m in self.modalities:
-            self.features[m] = feature_tensor(features[m], self.params.feature_norm)  # (I, d_m)
+        self.features = modality_features(features, self.modalities, self.params.feature_norm)
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Online encoder: (users (U, d), items (I, d)); items carry their ID residual."""

@@ -14,11 +14,10 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 import torch
-from torch import nn
 
 from cadmr.data.leakage import LeakageGuard
 from cadmr.models.base import TorchRecommender
-from cadmr.models.layers import bpr_loss, l2_per_example
+from cadmr.models.layers import bpr_loss, id_embeddings, l2_per_example
 from cadmr.models.sampling import ShuffledBatches, TripletBatch, TripletSampler
 
 
@@ -51,10 +50,7 @@ class BPRMF(TorchRecommender):
         self, params: BPRParams, n_users: int, n_items: int, feature_dims: Mapping[str, int]
     ) -> None:
         super().__init__(params, n_users, n_items, feature_dims)
-        self.user_emb = nn.Parameter(torch.empty(n_users, params.embedding_size))
-        self.item_emb = nn.Parameter(torch.empty(n_items, params.embedding_size))
-        nn.init.xavier_uniform_(self.user_emb)
-        nn.init.xavier_uniform_(self.item_emb)
+        self.user_emb, self.item_emb = id_embeddings(n_users, n_items, params.embedding_size)
 
     def setup(
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard

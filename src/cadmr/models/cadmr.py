@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cadmr.data.leakage import LeakageGuard
+from cadmr.errors import CadmrValueError
 from cadmr.models.disentangle import TC_ESTIMATORS
 from cadmr.models.kernel_ae import ItemBatch, KernelAE, KernelAEParams, paper_adam
 from cadmr.models.layers import shared_kernels, sparse_mm, to_torch_sparse
@@ -282,15 +283,10 @@ class CADMR(KernelAE):
     scoring_block = 512  # query items per attention block when scoring (B x I x heads floats)
 
     def __init__(
-        self,
-        params: CADMRParams,
-        n_users: int,
-        n_items: int,
-        feature_dims: Mapping[str, int],
+        self, params: CADMRParams, n_users: int, n_items: int, feature_dims: Mapping[str, int]
     ) -> None:
         super().__init__(params, n_users, n_items, feature_dims)  # the autoencoder first
         p = params
-        self.modalities = sorted(feature_dims)
         self.extractors = nn.ModuleDict(
             {
                 m: ModalityExtractor(
@@ -480,11 +476,13 @@ class CADMR(KernelAE):
 
     def _require_finetuned(self) -> None:
         if self.phase != "finetune":
-            raise ValueError(
+            raise CadmrValueError(
                 "explanations need a fine-tuned CADMR (a best.pt, not best-pretrain.pt)"
             )
         if not self.params.use_attention:
-            raise ValueError("this CADMR was trained without cross-attention; nothing to explain")
+            raise CadmrValueError(
+                "this CADMR was trained without cross-attention; nothing to explain"
+            )
 
     @torch.no_grad()
     def attention_weights(self, items: np.ndarray) -> torch.Tensor:
@@ -536,7 +534,7 @@ class CADMR(KernelAE):
         recs, scores = self.recommend(np.array([user]), k=k)
         items = recs[0][recs[0] >= 0]
         if len(items) == 0:
-            raise ValueError(f"user {user} has no unseen item to recommend")
+            raise CadmrValueError(f"user {user} has no unseen item to recommend")
         weights = self.attention_weights(items).mean(dim=(0, 1))  # (n_items,)
         return Explanation(
             f"user {user}",

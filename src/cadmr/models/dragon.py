@@ -203,15 +203,10 @@ class DRAGON(CachedEmbeddingScores, TorchRecommender):
     }
 
     def __init__(
-        self,
-        params: DRAGONParams,
-        n_users: int,
-        n_items: int,
-        feature_dims: Mapping[str, int],
+        self, params: DRAGONParams, n_users: int, n_items: int, feature_dims: Mapping[str, int]
     ) -> None:
         super().__init__(params, n_users, n_items, feature_dims)
         d = params.embedding_size
-        self.modalities = sorted(feature_dims)
         n_mod = len(self.modalities)
         self.graph_weights = item_graph_weights(
             self.modalities, params.mm_image_weight, params.modality_weights

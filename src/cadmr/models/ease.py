@@ -22,6 +22,7 @@ import torch
 from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 
+from cadmr.logs import progress
 from cadmr.models.base import ClosedFormRecommender
 from cadmr.models.layers import to_torch_sparse
 
@@ -58,7 +59,7 @@ def gram(x: sp.csr_matrix, dtype: type, block: int = BLOCK) -> np.ndarray:
     xc = x.astype(dtype).tocsc()
     xt = xc.T.tocsr()
     g = np.empty((n, n), dtype=dtype)
-    for j in range(0, n, block):
+    for j in progress(range(0, n, block), desc=f"EASE Gram matrix ({n} items)", unit="block"):
         g[:, j : j + block] = (xt @ xc[:, j : j + block]).toarray()
     return g
 
@@ -72,6 +73,8 @@ def ease_weights_in_place(g: np.ndarray, reg_weight: float, block: int = BLOCK) 
     run block by block, so the peak is one I x I matrix plus a block.
     """
     n = g.shape[0]
+    blocks = range(0, n, block)
+    bar = progress(total=2 + 2 * len(blocks), desc=f"EASE solve ({n} items)", unit="step")
     g[np.diag_indices(n)] += reg_weight
     a = g.T  # Fortran-ordered: its upper triangle is g's lower one
     potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (a,))
@@ -79,18 +82,24 @@ def ease_weights_in_place(g: np.ndarray, reg_weight: float, block: int = BLOCK) 
     # (float64, 2 threads; fine with 1: docs/scaling.md), so LAPACK runs single-threaded
     with threadpool_limits(limits=1, user_api="blas"):
         _, info = potrf(a, lower=0, overwrite_a=1, clean=0)
+        bar.update()
         if info == 0:
             _, info = potri(a, lower=0, overwrite_c=1)
+            bar.update()
     if info != 0:
+        bar.close()
         raise np.linalg.LinAlgError(f"EASE: G + lambda I is not positive definite (info {info})")
-    for i in range(0, n, block):  # g's lower triangle holds P: mirror it to the upper one
+    for i in blocks:  # g's lower triangle holds P: mirror it to the upper one
         j = min(i + block, n)
         d = g[i:j, i:j]
         d[...] = np.tril(d) + np.tril(d, -1).T
         g[i:j, j:] = g[j:, i:j].T
+        bar.update()
     diag = np.diagonal(g).copy()
-    for i in range(0, n, block):
+    for i in blocks:
         g[i : i + block] /= -diag  # column k divided by -P_kk
+        bar.update()
+    bar.close()
     g[np.diag_indices(n)] = 0.0
     return g
 

@@ -50,7 +50,6 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import scipy.sparse as sp
 import torch
-from torch import nn
 
 from cadmr.data.leakage import LeakageGuard
 from cadmr.models.base import CachedEmbeddingScores
@@ -59,7 +58,8 @@ from cadmr.models.graphs import knn_graph, sym_normalize
 from cadmr.models.layers import (
     bpr_loss,
     checked_bipartite_adjacency,
-    feature_tensor,
+    modality_features,
+    modality_projections,
     normalized_bipartite_adjacency,
     propagate_mean,
     sparse_mm,
@@ -135,20 +135,13 @@ class FREEDOM(CachedEmbeddingScores, BPRMF):
     }
 
     def __init__(
-        self,
-        params: FREEDOMParams,
-        n_users: int,
-        n_items: int,
-        feature_dims: Mapping[str, int],
+        self, params: FREEDOMParams, n_users: int, n_items: int, feature_dims: Mapping[str, int]
     ) -> None:
         super().__init__(params, n_users, n_items, feature_dims)  # ID embeddings, Xavier
-        self.modalities = sorted(feature_dims)
-        self.projections = nn.ModuleDict(
-            {
-                m: nn.Linear(feature_dims[m], params.embedding_size, bias=False)
-                for m in self.modalities
-            }
-        )  # no bias: it cancels in the modality BPR difference (MMRec's gets no gradient)
+        # no bias: it cancels in the modality BPR difference (MMRec's gets no gradient)
+        self.projections = modality_projections(
+            feature_dims, self.modalities, params.embedding_size, bias=False
+        )
         self.features: dict[str, torch.Tensor] = {}
 
     def setup(
@@ -167,10 +160,9 @@ class FREEDOM(CachedEmbeddingScores, BPRMF):
 
         weights = modality_graph_weights(self.modalities, p.primary_modality, p.primary_weight)
         graph = sp.csr_matrix((self.n_items, self.n_items), dtype=np.float32)
-        self.features = {}
         for m in self.modalities:
             graph = graph + weights[m] * sym_normalize(knn_graph(features[m], p.knn_k))
-            self.features[m] = feature_tensor(features[m], p.feature_norm)  # (I, d_m)
+        self.features = modality_features(features, self.modalities, p.feature_norm)
         self.item_adj = to_torch_sparse(graph)  # (I, I) sparse, frozen
 
     def sample_edges(self, rng: np.random.Generator) -> np.ndarray:

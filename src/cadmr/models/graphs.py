@@ -15,6 +15,8 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from cadmr.logs import progress
+
 DEFAULT_BLOCK = 1024
 
 
@@ -185,7 +187,7 @@ def topk_cooccurrence(
     n = m.shape[0]
     idx = np.full((n, k), -1, dtype=np.int64)
     counts = np.zeros((n, k), dtype=np.float32)
-    for start in range(0, n, block):
+    for start in progress(range(0, n, block), desc=f"co-occurrence graph ({n} rows)"):
         stop = min(start + block, n)
         co = sp.csr_matrix(m[start:stop] @ mt)  # (b, N) sparse
         rows = np.repeat(np.arange(stop - start), np.diff(co.indptr))

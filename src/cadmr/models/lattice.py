@@ -62,9 +62,10 @@ from cadmr.models.graphs import knn_graph, knn_neighbours, sym_normalize, sym_no
 from cadmr.models.layers import (
     bpr_loss,
     checked_bipartite_adjacency,
-    feature_tensor,
     l2_per_example,
     learned_graph_mm,
+    modality_features,
+    modality_projections,
     propagate_mean,
 )
 from cadmr.models.sampling import ShuffledBatches, TripletBatch
@@ -126,16 +127,11 @@ class LATTICE(CachedEmbeddingScores, BPRMF):
     }
 
     def __init__(
-        self,
-        params: LATTICEParams,
-        n_users: int,
-        n_items: int,
-        feature_dims: Mapping[str, int],
+        self, params: LATTICEParams, n_users: int, n_items: int, feature_dims: Mapping[str, int]
     ) -> None:
         super().__init__(params, n_users, n_items, feature_dims)  # ID embeddings, Xavier
-        self.modalities = sorted(feature_dims)
-        self.projections = nn.ModuleDict(
-            {m: nn.Linear(feature_dims[m], params.feat_embed_dim) for m in self.modalities}
+        self.projections = modality_projections(
+            feature_dims, self.modalities, params.feat_embed_dim
         )
         # one logit per modality (MMRec initialises both to 0.5: equal weights)
         self.modal_logits = (
@@ -153,9 +149,9 @@ class LATTICE(CachedEmbeddingScores, BPRMF):
     ) -> None:
         super().setup(train, features, guard)
         self.adj = checked_bipartite_adjacency(self.train_matrix, guard, "LATTICE")
-        self.features, self._init_graphs = {}, []
+        self.features = modality_features(features, self.modalities, self.params.feature_norm)
+        self._init_graphs = []
         for m in self.modalities:
-            self.features[m] = feature_tensor(features[m], self.params.feature_norm)  # (I, d_m)
             g = sym_normalize(knn_graph(features[m], self.params.knn_k, weighted=True)).tocoo()
             indices = torch.from_numpy(np.vstack([g.row, g.col]).astype(np.int64))  # (2, I k)
             self._init_graphs.append((indices, torch.from_numpy(g.data)))

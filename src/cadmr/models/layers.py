@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -404,3 +404,37 @@ def feature_tensor(features: np.ndarray, norm: str = "l2") -> torch.Tensor:
     elif norm != "none":
         raise ValueError(f"feature norm must be 'l2' or 'none', got {norm!r}")
     return torch.from_numpy(x)
+
+
+def modality_features(
+    features: Mapping[str, np.ndarray], modalities: Iterable[str], norm: str = "l2"
+) -> dict[str, torch.Tensor]:
+    """``feature_tensor`` of each of ``modalities`` (I, d_m), by name, in their order."""
+    return {m: feature_tensor(features[m], norm) for m in modalities}
+
+
+def id_embeddings(n_users: int, n_items: int, dim: int) -> tuple[nn.Parameter, nn.Parameter]:
+    """User (n_users, dim) and item (n_items, dim) ID embeddings, Xavier-uniform, the users
+    drawn first from torch's generator (assign them in this order to keep the models'
+    parameter order)."""
+    users = nn.Parameter(torch.empty(n_users, dim))
+    items = nn.Parameter(torch.empty(n_items, dim))
+    nn.init.xavier_uniform_(users)
+    nn.init.xavier_uniform_(items)
+    return users, items
+
+
+def modality_projections(
+    feature_dims: Mapping[str, int],
+    modalities: Iterable[str],
+    dim: int,
+    bias: bool = True,
+    init: Callable[[torch.Tensor], Any] | None = None,
+) -> nn.ModuleDict:
+    """One ``nn.Linear(d_m, dim)`` per modality, built in the order of ``modalities``, then
+    (when ``init`` is given) each weight re-initialised by ``init`` in the same order."""
+    layers = nn.ModuleDict({m: nn.Linear(feature_dims[m], dim, bias=bias) for m in modalities})
+    if init is not None:
+        for layer in layers.values():
+            init(layer.weight)
+    return layers

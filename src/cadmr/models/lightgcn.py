@@ -58,15 +58,6 @@ class LightGCN(CachedEmbeddingScores, BPRMF):
         "reg_weight": (1e-2, 1e-4, 1e-6)
     }
 
-    def __init__(
-        self,
-        params: LightGCNParams,
-        n_users: int,
-        n_items: int,
-        feature_dims: Mapping[str, int],
-    ) -> None:
-        super().__init__(params, n_users, n_items, feature_dims)
-
     def setup(
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
     ) -> None:

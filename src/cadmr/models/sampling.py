@@ -10,6 +10,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from cadmr.errors import CadmrValueError
+
 B = TypeVar("B")
 
 
@@ -64,7 +66,9 @@ class TripletSampler:
         self._keys = np.sort(self.users * self.n_items + self.items)
         full = np.diff(train.indptr) >= self.n_items
         if full.any():
-            raise ValueError(f"{int(full.sum())} user(s) interacted with every item: no negatives")
+            raise CadmrValueError(
+                f"{int(full.sum())} user(s) interacted with every item: no negatives"
+            )
 
     def _is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         keys = users * self.n_items + items

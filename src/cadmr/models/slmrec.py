@@ -66,7 +66,9 @@ from cadmr.data.leakage import LeakageGuard
 from cadmr.models.base import CachedEmbeddingScores, TorchRecommender
 from cadmr.models.layers import (
     checked_bipartite_adjacency,
-    feature_tensor,
+    id_embeddings,
+    modality_features,
+    modality_projections,
     propagate_mean,
     symmetric_spmm,
 )
@@ -158,21 +160,13 @@ class SLMRec(CachedEmbeddingScores, TorchRecommender):
     budget_search: ClassVar[Mapping[str, tuple[Any, ...]] | None] = {"learning_rate": (1e-4, 1e-3)}
 
     def __init__(
-        self,
-        params: SLMRecParams,
-        n_users: int,
-        n_items: int,
-        feature_dims: Mapping[str, int],
+        self, params: SLMRecParams, n_users: int, n_items: int, feature_dims: Mapping[str, int]
     ) -> None:
         super().__init__(params, n_users, n_items, feature_dims)
         d = params.embedding_size
-        self.modalities = sorted(feature_dims)
         n_branches = len(self.modalities) + 1
-        self.user_emb = nn.Parameter(torch.empty(n_users, d))
-        self.item_emb = nn.Parameter(torch.empty(n_items, d))
-        nn.init.xavier_uniform_(self.user_emb)
-        nn.init.xavier_uniform_(self.item_emb)
-        self.dense = nn.ModuleDict({m: nn.Linear(feature_dims[m], d) for m in self.modalities})
+        self.user_emb, self.item_emb = id_embeddings(n_users, n_items, d)
+        self.dense = modality_projections(feature_dims, self.modalities, d)
         fused = d * n_branches if params.fusion == "concat" else d
         self.user_out = nn.Linear(fused, d)
         self.item_out = nn.Linear(fused, d)
@@ -198,8 +192,7 @@ class SLMRec(CachedEmbeddingScores, TorchRecommender):
         super().setup(train, features, guard)
         self.adj = checked_bipartite_adjacency(self.train_matrix, guard, "SLMRec")
         self.sampler = PairSampler(self.train_matrix)
-        for m in self.modalities:
-            self.features[m] = feature_tensor(features[m], self.params.feature_norm)  # (I, d_m)
+        self.features = modality_features(features, self.modalities, self.params.feature_norm)
 
     # ---- encoder ------------------------------------------------------------------------
 

@@ -70,15 +70,10 @@ class VBPR(CachedEmbeddingScores, BPRMF):
     }
 
     def __init__(
-        self,
-        params: VBPRParams,
-        n_users: int,
-        n_items: int,
-        feature_dims: Mapping[str, int],
+        self, params: VBPRParams, n_users: int, n_items: int, feature_dims: Mapping[str, int]
     ) -> None:
         super().__init__(params, n_users, n_items, feature_dims)  # gamma_u, gamma_i
         d = params.embedding_size
-        self.modalities = sorted(feature_dims)
         n_feat = sum(feature_dims[m] for m in self.modalities)
         self.user_content = nn.Parameter(torch.empty(n_users, d))  # theta_u
         self.projection = nn.Linear(n_feat, d, bias=False)  # E

@@ -26,13 +26,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from cadmr.errors import TrainingError
 from cadmr.train.checkpoint import atomic_write_text
 
 LOCK = ".lock"
 STATUS = "status.json"
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(TrainingError):
     """The run folder cannot be used: it is not a folder, cannot be written, or is in use."""
 
 

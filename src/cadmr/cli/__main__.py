@@ -1,0 +1,5 @@
+import sys
+
+from cadmr.cli import main
+
+sys.exit(main())
