@@ -24,7 +24,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def k_core(users: np.ndarray, items: np.ndarray, k: int = 5) -> KCoreResult:
         The kept-interaction mask and the number of passes that removed something.
     """
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise DataError(f"k must be at least 1, got {k}")
     users = np.asarray(users, dtype=np.int64)
     items = np.asarray(items, dtype=np.int64)
     keep = np.ones(len(users), dtype=bool)  # (m,)
@@ -174,92 +175,45 @@ def prepare_dataset(
     name = name or out.name
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise DataError(f"{out}: already exists and is not empty; choose another --out")
-    if images is not None and image_model is None:
-        raise DataError(
-            "images were given but no image model; pass a ResNet weights file "
-            "(e.g. torchvision's resnet50-0676ba61.pth)"
-        )
-    precomputed = dict(precomputed or {})
-    planned = [*precomputed]
-    if metadata is not None and text_model is not None:
-        planned.append("text")
-    if images is not None:
-        planned.append("image")
-    twice = sorted({m for m in planned if planned.count(m) > 1})
-    if twice:
-        raise DataError(f"modality {twice[0]!r} is given twice (precomputed and computed)")
-
-    if (metadata is not None and isinstance(text_model, str | os.PathLike)) or isinstance(
-        image_model, str | os.PathLike
-    ):
-        from cadmr.data import features as F  # imports torch: only when features are made
-
-        # fail fast (missing extra, bad path) before reading a large file
-        if metadata is not None and isinstance(text_model, str | os.PathLike):
-            text_model = F.load_text_model(text_model)
-        if images is not None and isinstance(image_model, str | os.PathLike):
-            image_model = F.load_image_encoder(image_model)
-
-    inter = read_interactions(interactions, fmt=fmt, progress=progress)
-    core = k_core(inter.users, inter.items, k)
-    if not core.keep.any():
-        raise DataError(
-            f"{interactions}: no interaction survives the {k}-core filter "
-            f"({len(inter)} interactions, {len(inter.user_ids)} users, "
-            f"{len(inter.item_ids)} items); try a smaller --k"
-        )
-    frame, user_ids, item_ids = _reindex(inter, core.keep)
-    frame["x_label"] = split_per_user(
-        frame["userID"].to_numpy(), frame["itemID"].to_numpy(), np.random.default_rng(seed)
+    sources = _FeatureSources(
+        metadata=metadata,
+        images=images,
+        precomputed=dict(precomputed or {}),
+        text_model=text_model,
+        image_model=image_model,
+        batch_size=batch_size,
+        progress=progress,
     )
-    frame = frame.sort_values(["userID", "itemID"], kind="stable")
+    table = _SplitTable.build(interactions, k, seed, fmt=fmt, progress=progress)
+    result = _write_dataset(out, name, table, sources, seed, t0)
+    return result, read_mmrec(out, name)
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        frame.to_csv(tmp / f"{name}.inter", sep="\t", index=False)
-        pd.DataFrame({"user_id": user_ids, "userID": np.arange(len(user_ids))}).to_csv(
-            tmp / "u_id_mapping.csv", sep="\t", index=False
-        )
-        pd.DataFrame({"asin": item_ids, "itemID": np.arange(len(item_ids))}).to_csv(
-            tmp / "i_id_mapping.csv", sep="\t", index=False
-        )
-        feats = _features(
-            item_ids,
-            tmp,
-            metadata=metadata,
-            images=images,
-            precomputed=precomputed,
-            text_model=text_model,
-            image_model=image_model,
-            batch_size=batch_size,
-            progress=progress,
-        )
-        labels = frame["x_label"].to_numpy()
-        result = PrepareResult(
-            path=out,
-            name=name,
-            raw={
-                "interactions": len(inter),
-                "users": len(inter.user_ids),
-                "items": len(inter.item_ids),
-                "duplicates_dropped": int(inter.info["duplicates_dropped"]),  # type: ignore[arg-type]
-            },
-            k=k,
-            k_core_passes=core.passes,
-            users=len(user_ids),
-            items=len(item_ids),
-            interactions={
-                s: int((labels == c).sum()) for c, s in enumerate(("train", "valid", "test"))
-            },
-            features=feats,
-        )
+
+def _write_dataset(
+    out: Path, name: str, table: _SplitTable, sources: _FeatureSources, seed: int, t0: float
+) -> PrepareResult:
+    """Steps 5-6: write the folder under a temporary name (tables, features, the report
+    :data:`REPORT_FILE` timed from ``t0``), check that it loads, then move it to ``out``."""
+    with _staging_folder(out) as tmp:
+        table.write(tmp, name)
+        result = table.result(out, name, features=sources.write(table.item_ids, tmp))
         read_mmrec(tmp, name)  # what we wrote must load with the project's reader
         result.seconds = time.perf_counter() - t0
         (tmp / REPORT_FILE).write_text(
             json.dumps({**result.to_dict(), "seed": seed}, indent=2) + "\n", encoding="utf-8"
         )
+    return result
+
+
+@contextmanager
+def _staging_folder(out: Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``out``; rename it to ``out`` (replacing what is
+    there) when the block succeeds, delete it when the block raises."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -267,7 +221,85 @@ def prepare_dataset(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return result, read_mmrec(out, name)
+
+
+@dataclass(frozen=True)
+class _SplitTable:
+    """Steps 1-4 of the pipeline, in memory: the raw interactions, their k-core, densely
+    re-indexed and split per user.
+
+    Attributes:
+        inter: The raw interactions as read.
+        k: The core size.
+        core: The k-core filter's outcome over ``inter``.
+        frame: ``userID``, ``itemID``, [``rating``], [``timestamp``], ``x_label``; sorted by
+            user, then item.
+        user_ids: Raw user id of each dense ``userID``.
+        item_ids: Raw item id of each dense ``itemID``.
+    """
+
+    inter: Interactions
+    k: int
+    core: KCoreResult
+    frame: pd.DataFrame
+    user_ids: list[str]
+    item_ids: list[str]
+
+    @classmethod
+    def build(
+        cls, path: str | os.PathLike[str], k: int, seed: int, *, fmt: str, progress: bool
+    ) -> _SplitTable:
+        """Read ``path``, keep its k-core, re-index it densely and split it with ``seed``.
+
+        Raises:
+            DataError: on malformed input or when no interaction survives the filter.
+        """
+        inter = read_interactions(path, fmt=fmt, progress=progress)
+        core = k_core(inter.users, inter.items, k)
+        if not core.keep.any():
+            raise DataError(
+                f"{path}: no interaction survives the {k}-core filter "
+                f"({len(inter)} interactions, {len(inter.user_ids)} users, "
+                f"{len(inter.item_ids)} items); try a smaller --k"
+            )
+        frame, user_ids, item_ids = _reindex(inter, core.keep)
+        frame["x_label"] = split_per_user(
+            frame["userID"].to_numpy(), frame["itemID"].to_numpy(), np.random.default_rng(seed)
+        )
+        frame = frame.sort_values(["userID", "itemID"], kind="stable")
+        return cls(inter, k, core, frame, user_ids, item_ids)
+
+    def write(self, folder: Path, name: str) -> None:
+        """Write ``<name>.inter`` and the two id mappings into ``folder``."""
+        self.frame.to_csv(folder / f"{name}.inter", sep="\t", index=False)
+        pd.DataFrame({"user_id": self.user_ids, "userID": np.arange(len(self.user_ids))}).to_csv(
+            folder / "u_id_mapping.csv", sep="\t", index=False
+        )
+        pd.DataFrame({"asin": self.item_ids, "itemID": np.arange(len(self.item_ids))}).to_csv(
+            folder / "i_id_mapping.csv", sep="\t", index=False
+        )
+
+    def result(self, out: Path, name: str, features: dict[str, dict[str, object]]) -> PrepareResult:
+        """The run's report (without its wall time) for the folder ``out``."""
+        labels = self.frame["x_label"].to_numpy()
+        return PrepareResult(
+            path=out,
+            name=name,
+            raw={
+                "interactions": len(self.inter),
+                "users": len(self.inter.user_ids),
+                "items": len(self.inter.item_ids),
+                "duplicates_dropped": int(self.inter.info["duplicates_dropped"]),  # type: ignore[arg-type]
+            },
+            k=self.k,
+            k_core_passes=self.core.passes,
+            users=len(self.user_ids),
+            items=len(self.item_ids),
+            interactions={
+                s: int((labels == c).sum()) for c, s in enumerate(("train", "valid", "test"))
+            },
+            features=features,
+        )
 
 
 def _reindex(inter: Interactions, keep: np.ndarray) -> tuple[pd.DataFrame, list[str], list[str]]:
@@ -291,53 +323,92 @@ def _reindex(inter: Interactions, keep: np.ndarray) -> tuple[pd.DataFrame, list[
     return frame, [str(x) for x in u_raw[u_order]], [str(x) for x in i_raw[i_order]]
 
 
-def _features(
-    item_ids: list[str],
-    folder: Path,
-    *,
-    metadata: str | os.PathLike[str] | None,
-    images: str | os.PathLike[str] | None,
-    precomputed: Mapping[str, str | os.PathLike[str]],
-    text_model: object | str | os.PathLike[str] | None,
-    image_model: object | str | os.PathLike[str] | None,
-    batch_size: int,
-    progress: bool,
-) -> dict[str, dict[str, object]]:
-    """Compute and save every requested ``<modality>_feat.npy``; return per-modality counts."""
-    from cadmr.data import features as F  # imports torch: only when features are made
+@dataclass
+class _FeatureSources:
+    """Step 5's inputs: where each modality's features come from and how to encode them.
 
-    report: dict[str, dict[str, object]] = {}
-    if metadata is not None and text_model is not None:
-        texts = read_item_texts(metadata, wanted=item_ids, progress=progress)
-        present = np.array([bool(texts.get(i)) for i in item_ids])
-        if not present.any():
-            raise DataError(f"{metadata}: no metadata for any of the {len(item_ids)} items")
-        have = [texts[i] for i, ok in zip(item_ids, present, strict=True) if ok]
-        emb = F.encode_texts(have, text_model, batch_size=batch_size, progress=progress)
-        mat = np.zeros((len(item_ids), emb.shape[1]), dtype=np.float32)
-        mat[present] = emb
-        filled = F.mean_fill(mat, present)
-        np.save(folder / "text_feat.npy", mat)
-        report["text"] = {"dim": int(mat.shape[1]), "mean_filled": filled}
-    if images is not None:
-        found = F.find_images(images)
-        paths = [found.get(i) for i in item_ids]
-        mat, filled, unreadable = F.encode_images(
-            paths,
-            image_model,  # type: ignore[arg-type]
-            batch_size=max(1, batch_size // 2),
-            progress=progress,
-        )
-        np.save(folder / "image_feat.npy", mat)
-        report["image"] = {
-            "dim": int(mat.shape[1]),
-            "mean_filled": filled,
-            "unreadable": unreadable,
-        }
-    for mod, path in precomputed.items():
-        if not mod.isidentifier():
-            raise DataError(f"modality name {mod!r} must be a word (it names <mod>_feat.npy)")
-        mat, filled = F.read_precomputed(path, item_ids, progress=progress)
-        np.save(folder / f"{mod}_feat.npy", mat)
-        report[mod] = {"dim": int(mat.shape[1]), "mean_filled": filled, "source": str(path)}
-    return report
+    Creating one checks the request (images need a model, no modality twice) and loads the
+    models given by name or path; :meth:`write` makes the features.
+    """
+
+    metadata: str | os.PathLike[str] | None
+    images: str | os.PathLike[str] | None
+    precomputed: dict[str, str | os.PathLike[str]]
+    text_model: object | str | os.PathLike[str] | None
+    image_model: object | str | os.PathLike[str] | None
+    batch_size: int
+    progress: bool
+
+    def __post_init__(self) -> None:
+        """Reject images without a model and a modality given twice; then load the models."""
+        if self.images is not None and self.image_model is None:
+            raise DataError(
+                "images were given but no image model; pass a ResNet weights file "
+                "(e.g. torchvision's resnet50-0676ba61.pth)"
+            )
+        planned = [*self.precomputed]
+        if self.metadata is not None and self.text_model is not None:
+            planned.append("text")
+        if self.images is not None:
+            planned.append("image")
+        twice = sorted({m for m in planned if planned.count(m) > 1})
+        if twice:
+            raise DataError(f"modality {twice[0]!r} is given twice (precomputed and computed)")
+        self._load_models()
+
+    def _load_models(self) -> None:
+        """Replace models given as a name or path by the loaded models, failing fast (missing
+        extra, bad path) before a large file is read."""
+        if (
+            self.metadata is not None and isinstance(self.text_model, str | os.PathLike)
+        ) or isinstance(self.image_model, str | os.PathLike):
+            from cadmr.data import features as F  # imports torch: only when features are made
+
+            if self.metadata is not None and isinstance(self.text_model, str | os.PathLike):
+                self.text_model = F.load_text_model(self.text_model)
+            if self.images is not None and isinstance(self.image_model, str | os.PathLike):
+                self.image_model = F.load_image_encoder(self.image_model)
+
+    def write(self, item_ids: list[str], folder: Path) -> dict[str, dict[str, object]]:
+        """Compute and save every requested ``<modality>_feat.npy``; return per-modality counts."""
+        from cadmr.data import features as F  # imports torch: only when features are made
+
+        report: dict[str, dict[str, object]] = {}
+        if self.metadata is not None and self.text_model is not None:
+            texts = read_item_texts(self.metadata, wanted=item_ids, progress=self.progress)
+            present = np.array([bool(texts.get(i)) for i in item_ids])
+            if not present.any():
+                raise DataError(
+                    f"{self.metadata}: no metadata for any of the {len(item_ids)} items"
+                )
+            have = [texts[i] for i, ok in zip(item_ids, present, strict=True) if ok]
+            emb = F.encode_texts(
+                have, self.text_model, batch_size=self.batch_size, progress=self.progress
+            )
+            mat = np.zeros((len(item_ids), emb.shape[1]), dtype=np.float32)
+            mat[present] = emb
+            filled = F.mean_fill(mat, present)
+            np.save(folder / "text_feat.npy", mat)
+            report["text"] = {"dim": int(mat.shape[1]), "mean_filled": filled}
+        if self.images is not None:
+            found = F.find_images(self.images)
+            paths = [found.get(i) for i in item_ids]
+            mat, filled, unreadable = F.encode_images(
+                paths,
+                self.image_model,  # type: ignore[arg-type]
+                batch_size=max(1, self.batch_size // 2),
+                progress=self.progress,
+            )
+            np.save(folder / "image_feat.npy", mat)
+            report["image"] = {
+                "dim": int(mat.shape[1]),
+                "mean_filled": filled,
+                "unreadable": unreadable,
+            }
+        for mod, path in self.precomputed.items():
+            if not mod.isidentifier():
+                raise DataError(f"modality name {mod!r} must be a word (it names <mod>_feat.npy)")
+            mat, filled = F.read_precomputed(path, item_ids, progress=self.progress)
+            np.save(folder / f"{mod}_feat.npy", mat)
+            report[mod] = {"dim": int(mat.shape[1]), "mean_filled": filled, "source": str(path)}
+        return report

@@ -173,64 +173,92 @@ def read_interactions(
         fmt = "csv" if _is_table(p) else "amazon"
     if fmt not in ("amazon", "csv"):
         raise DataError(f"unknown interaction format {fmt!r}; expected auto, amazon or csv")
-    user_code, item_code = _Coder(), _Coder()
-    users, items = array("q"), array("q")
-    ratings, stamps = array("f"), array("q")
-    has_rating = has_time = True
-    lines = 0
+    found = _Collector()
+    read = _read_amazon if fmt == "amazon" else _read_table
+    records = read(p, found, progress)
+    return found.interactions(p, fmt, records)
 
-    def add(u: str, i: str, r: object, t: object, where: str) -> None:
-        nonlocal has_rating, has_time
-        users.append(user_code(u))
-        items.append(item_code(i))
+
+class _Collector:
+    """Interactions as integer codes in compact arrays, filled while a file streams past."""
+
+    def __init__(self) -> None:
+        self.user_code, self.item_code = _Coder(), _Coder()
+        self.users, self.items = array("q"), array("q")
+        self.ratings, self.stamps = array("f"), array("q")
+        self.has_rating = self.has_time = True
+
+    def add(self, u: str, i: str, r: object, t: object, where: str) -> None:
+        """Append one interaction; ``r`` and ``t`` may be None or "" (missing)."""
+        self.users.append(self.user_code(u))
+        self.items.append(self.item_code(i))
         try:
-            ratings.append(float(r) if r not in (None, "") else float("nan"))
-            stamps.append(int(float(t)) if t not in (None, "") else -1)
+            self.ratings.append(float(r) if r not in (None, "") else float("nan"))
+            self.stamps.append(int(float(t)) if t not in (None, "") else -1)
         except (TypeError, ValueError):
             raise DataError(f"{where}: rating {r!r} or timestamp {t!r} is not a number") from None
-        has_rating &= r not in (None, "")
-        has_time &= t not in (None, "")
+        self.has_rating &= r not in (None, "")
+        self.has_time &= t not in (None, "")
 
-    if fmt == "amazon":
-        for lines, rec in enumerate(iter_records(p, progress), 1):
-            u, i = rec.get("reviewerID"), rec.get("asin")
-            if u is None or i is None:
-                raise DataError(
-                    f"{p}: record {lines} lacks 'reviewerID' or 'asin'; is this a reviews file?"
-                )
-            r, t = rec.get("overall"), rec.get("unixReviewTime")
-            add(str(u), str(i), r, t, f"{p}: record {lines}")
-    else:
-        with open_text(p) as f:
-            rows = tqdm(f, desc=p.name, unit=" lines", disable=not progress, mininterval=1.0)
-            delim = "\t" if p.name.lower().removesuffix(".gz").endswith(".tsv") else ","
-            for lineno, row in enumerate(csv.reader(rows, delimiter=delim), 1):
-                if not row or not "".join(row).strip():
-                    continue
-                if lineno == 1 and _is_header(row):
-                    continue
-                if len(row) < 2:
-                    raise DataError(f"{p}:{lineno}: expected user,item[,rating,timestamp]")
-                r = row[2] if len(row) > 2 else None
-                t = row[3] if len(row) > 3 else None
-                add(row[0].strip(), row[1].strip(), r, t, f"{p}:{lineno}")
-                lines += 1
-    if not users:
-        raise DataError(f"{p}: no interactions found")
-    u = np.frombuffer(users, dtype=np.int64)
-    i = np.frombuffer(items, dtype=np.int64)
-    # first occurrence of each (user, item) pair, in file order (8 bytes per line, no set)
-    _, first = np.unique(u * len(item_code.ids) + i, return_index=True)
-    first.sort()
-    return Interactions(
-        users=u[first].copy(),
-        items=i[first].copy(),
-        user_ids=user_code.ids,
-        item_ids=item_code.ids,
-        ratings=np.frombuffer(ratings, dtype=np.float32)[first].copy() if has_rating else None,
-        timestamps=np.frombuffer(stamps, dtype=np.int64)[first].copy() if has_time else None,
-        info={"format": fmt, "records": lines, "duplicates_dropped": len(u) - len(first)},
-    )
+    def interactions(self, p: Path, fmt: str, records: int) -> Interactions:
+        """Everything added, each (user, item) pair kept once (its first occurrence)."""
+        if not self.users:
+            raise DataError(f"{p}: no interactions found")
+        u = np.frombuffer(self.users, dtype=np.int64)
+        i = np.frombuffer(self.items, dtype=np.int64)
+        # first occurrence of each (user, item) pair, in file order (8 bytes per line, no set)
+        _, first = np.unique(u * len(self.item_code.ids) + i, return_index=True)
+        first.sort()
+        ratings = np.frombuffer(self.ratings, dtype=np.float32)
+        stamps = np.frombuffer(self.stamps, dtype=np.int64)
+        return Interactions(
+            users=u[first].copy(),
+            items=i[first].copy(),
+            user_ids=self.user_code.ids,
+            item_ids=self.item_code.ids,
+            ratings=ratings[first].copy() if self.has_rating else None,
+            timestamps=stamps[first].copy() if self.has_time else None,
+            info={"format": fmt, "records": records, "duplicates_dropped": len(u) - len(first)},
+        )
+
+
+def _read_amazon(p: Path, found: _Collector, progress: bool) -> int:
+    """Add the interactions of an Amazon reviews file; return the number of records."""
+    records = 0
+    for records, rec in enumerate(iter_records(p, progress), 1):
+        u, i = rec.get("reviewerID"), rec.get("asin")
+        if u is None or i is None:
+            raise DataError(
+                f"{p}: record {records} lacks 'reviewerID' or 'asin'; is this a reviews file?"
+            )
+        r, t = rec.get("overall"), rec.get("unixReviewTime")
+        found.add(str(u), str(i), r, t, f"{p}: record {records}")
+    return records
+
+
+def _read_table(p: Path, found: _Collector, progress: bool) -> int:
+    """Add the interactions of a ``user,item[,rating,timestamp]`` CSV/TSV log (an optional
+    header line is skipped); return the number of data rows."""
+    rows_read = 0
+    with open_text(p) as f:
+        lines = tqdm(f, desc=p.name, unit=" lines", disable=not progress, mininterval=1.0)
+        for lineno, row in enumerate(csv.reader(lines, delimiter=_delimiter(p)), 1):
+            if not row or not "".join(row).strip():
+                continue
+            if lineno == 1 and _is_header(row):
+                continue
+            if len(row) < 2:
+                raise DataError(f"{p}:{lineno}: expected user,item[,rating,timestamp]")
+            r = row[2] if len(row) > 2 else None
+            t = row[3] if len(row) > 3 else None
+            found.add(row[0].strip(), row[1].strip(), r, t, f"{p}:{lineno}")
+            rows_read += 1
+    return rows_read
+
+
+def _delimiter(p: Path) -> str:
+    """Tab for a ``.tsv`` name (optionally ``.gz``), comma otherwise."""
+    return "\t" if p.name.lower().removesuffix(".gz").endswith(".tsv") else ","
 
 
 def _is_header(row: list[str]) -> bool:
@@ -294,8 +322,7 @@ def read_item_texts(
     out: dict[str, str] = {}
     if _is_table(p):
         with open_text(p) as f:
-            delim = "\t" if p.name.lower().removesuffix(".gz").endswith(".tsv") else ","
-            reader = csv.DictReader(f, delimiter=delim)
+            reader = csv.DictReader(f, delimiter=_delimiter(p))
             cols = {c.strip().lower(): c for c in reader.fieldnames or []}
             item_col = next((cols[c] for c in ITEM_COLUMNS if c in cols), None)
             text_cols = [cols[c] for c in TEXT_COLUMNS if c in cols]

@@ -27,6 +27,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from cadmr.data.dataset import Dataset, pairs_to_csr
 from cadmr.data.split import MIN_INTERACTIONS, TEST, TRAIN, VALID, split_per_user
@@ -395,28 +396,74 @@ def make_content_planted(
         raise ValueError(f"uninformative must be a fraction in [0, 1], got {uninformative}")
     rng = np.random.default_rng(seed)
     user_groups = np.arange(n_users) % n_groups
-    item_groups = rng.permutation(np.arange(n_items) % n_groups)
+    item_groups = rng.permutation(np.arange(n_items) % n_groups)  # see planted_item_groups
     if users_per_item == 1:
-        train_users = np.empty(n_items, dtype=np.int64)
-        for g in range(n_groups):  # the group's items dealt to its users in a random order
-            items = np.flatnonzero(item_groups == g)
-            members = rng.permutation(np.flatnonzero(user_groups == g))
-            train_users[items] = members[np.arange(len(items)) % len(members)]
-        train_items = np.arange(n_items)
+        train_users, train_items = _deal_items(user_groups, item_groups, n_groups, rng)
     else:
-        picked: list[np.ndarray] = []
-        for g in range(n_groups):  # one draw per item of the group, in item order
-            members = np.flatnonzero(user_groups == g)
-            n_group_items = int((item_groups == g).sum())
-            picked += [
-                rng.choice(members, size=users_per_item, replace=False)
-                for _ in range(n_group_items)
-            ]
-        train_users = np.concatenate(picked)
-        train_items = np.concatenate(
-            [np.flatnonzero(item_groups == g) for g in range(n_groups)]
-        ).repeat(users_per_item)
+        train_users, train_items = _pick_users(
+            user_groups, item_groups, n_groups, users_per_item, rng
+        )
     train = pairs_to_csr(train_users, train_items, n_users, n_items)
+    held = _held_out_splits(train, user_groups, item_groups, held_out, rng)
+    text = _planted_text(item_groups, n_groups, dim, feature_noise, uninformative, rng)
+    preset = name.removeprefix("synthetic-")
+    info = {"format": "synthetic", "preset": preset, "seed": seed, "n_groups": n_groups}
+    return Dataset.build(name, {"train": train, **held}, {"text": text}, info)
+
+
+def _deal_items(
+    user_groups: np.ndarray, item_groups: np.ndarray, n_groups: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One training user per item: each group's items dealt to its users in a random order.
+
+    Returns:
+        ``(users, items)`` of the training pairs, int64 (n_items,) each, items in id order.
+    """
+    n_items = len(item_groups)
+    train_users = np.empty(n_items, dtype=np.int64)
+    for g in range(n_groups):
+        items = np.flatnonzero(item_groups == g)
+        members = rng.permutation(np.flatnonzero(user_groups == g))
+        train_users[items] = members[np.arange(len(items)) % len(members)]
+    return train_users, np.arange(n_items)
+
+
+def _pick_users(
+    user_groups: np.ndarray,
+    item_groups: np.ndarray,
+    n_groups: int,
+    users_per_item: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``users_per_item`` distinct random users of its group for every item.
+
+    Returns:
+        ``(users, items)`` of the training pairs, grouped by item group, then item id.
+    """
+    picked: list[np.ndarray] = []
+    for g in range(n_groups):  # one draw per item of the group, in item order
+        members = np.flatnonzero(user_groups == g)
+        n_group_items = int((item_groups == g).sum())
+        picked += [
+            rng.choice(members, size=users_per_item, replace=False) for _ in range(n_group_items)
+        ]
+    train_users = np.concatenate(picked)
+    train_items = np.concatenate(
+        [np.flatnonzero(item_groups == g) for g in range(n_groups)]
+    ).repeat(users_per_item)
+    return train_users, train_items
+
+
+def _held_out_splits(
+    train: sp.csr_matrix,
+    user_groups: np.ndarray,
+    item_groups: np.ndarray,
+    held_out: int,
+    rng: np.random.Generator,
+) -> dict[str, sp.csr_matrix]:
+    """``held_out`` validation and ``held_out`` test items per user, drawn (user by user)
+    from the items of their group they have no training interaction with."""
+    n_users, n_items = train.shape
     held: dict[str, list[tuple[int, int]]] = {"valid": [], "test": []}
     for u in range(n_users):
         group_items = np.flatnonzero(item_groups == user_groups[u])
@@ -424,10 +471,24 @@ def make_content_planted(
         picks = rng.choice(unseen, size=2 * held_out, replace=False)
         held["valid"] += [(u, int(i)) for i in picks[:held_out]]
         held["test"] += [(u, int(i)) for i in picks[held_out:]]
-    splits = {"train": train}
+    splits = {}
     for split, pairs in held.items():
         arr = np.array(pairs, dtype=np.int64)
         splits[split] = pairs_to_csr(arr[:, 0], arr[:, 1], n_users, n_items)
+    return splits
+
+
+def _planted_text(
+    item_groups: np.ndarray,
+    n_groups: int,
+    dim: int,
+    feature_noise: float,
+    uninformative: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The ``text`` features: group centroid + ``feature_noise`` x standard normal, then
+    pure noise for a random ``uninformative`` fraction of the items. float32 (n_items, dim)."""
+    n_items = len(item_groups)
     centroids = rng.standard_normal((n_groups, dim)).astype(np.float32)
     text = centroids[item_groups] + np.float32(feature_noise) * rng.standard_normal(
         (n_items, dim), dtype=np.float32
@@ -435,9 +496,7 @@ def make_content_planted(
     if uninformative > 0:
         noisy = rng.random(n_items) < uninformative
         text[noisy] = rng.standard_normal((int(noisy.sum()), dim)).astype(np.float32)
-    preset = name.removeprefix("synthetic-")
-    info = {"format": "synthetic", "preset": preset, "seed": seed, "n_groups": n_groups}
-    return Dataset.build(name, splits, {"text": text}, info)
+    return text
 
 
 def planted_item_groups(dataset: Dataset) -> np.ndarray | None:
