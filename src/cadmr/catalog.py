@@ -33,6 +33,7 @@ CATALOG: dict[str, tuple[str, str]] = {
     "lattice": ("cadmr.models.lattice", "LATTICE"),
     "freedom": ("cadmr.models.freedom", "FREEDOM"),
     "addvae": ("cadmr.models.addvae", "ADDVAE"),
+    "content_knn": ("cadmr.models.content_knn", "ContentKNN"),
 }
 
 

@@ -1,13 +1,17 @@
-"""cadmr experiment compare | ablation | heads | cold-start | leakage-audit: the paper's
-multi-run experiments, over seeds, from cached runs."""
+"""cadmr experiment compare | ablation | heads | cold-start | leakage-audit | cold-items: the
+paper's multi-run experiments and ours, over seeds, from cached runs."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cadmr.cli.common import add_data_dir, add_sets
 from cadmr.errors import CadmrValueError
+
+if TYPE_CHECKING:  # the CLI imports data and models inside commands: a fast --help
+    from cadmr.data.dataset import Dataset
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +45,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_experiment_args(e, "leakage-audit")
     e.add_argument("-m", "--models", nargs="+", default=["cadmr", "ease"])
+    e = esub.add_parser(
+        "cold-items",
+        help="new items: rank items without interactions from their features (table + PNG)",
+    )
+    _add_experiment_args(e, "cold-items")
+    e.add_argument(
+        "--fraction",
+        type=float,
+        default=0.2,
+        help="share of the items held out cold, half for valid, half for test (default 0.2; "
+        "-d NAME@cold=F[,seed=S] gives it directly)",
+    )
+    e.add_argument(
+        "-m", "--models", nargs="+", help="labels (default: content_knn and every capable model)"
+    )
 
 
 def _add_experiment_args(e: argparse.ArgumentParser, name: str) -> None:
@@ -80,11 +99,15 @@ ABLATION = {
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
+    from cadmr.data.cold import COLD_MARK
     from cadmr.data.sources import resolve_dataset
 
     if args.seeds < 1:
         raise CadmrValueError(f"--seeds must be >= 1, got {args.seeds}")
-    dataset = resolve_dataset(args.dataset, args.data_dir)
+    spec = args.dataset
+    if args.experiment == "cold-items" and COLD_MARK not in spec:
+        spec = f"{spec}{COLD_MARK}{args.fraction:g}"
+    dataset = resolve_dataset(spec, args.data_dir)
     out = Path(args.out or f"runs/experiments/{dataset.name}/{args.experiment}")
     seeds = range(args.seeds)
     grid = "none" if args.no_tune else args.grid
@@ -112,27 +135,55 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         f"{dataset.name} ({args.experiment}): test split, mean ± sample std over seeds "
         f"{', '.join(map(str, seeds))}; {how}"
     )
-    if args.experiment == "leakage-audit":
-        from cadmr.experiments.leakage import leakage_audit, write_audit
+    run = SPECIAL.get(args.experiment, _table_experiment)
+    return run(args, dataset, spec, out, title, common)
 
-        rows = leakage_audit(dataset, args.dataset, models=args.models, **common)
-        text = write_audit(out, dataset.name, rows)
-        print(text, end="")
-        print(f"tables: {out}/leakage-audit.{{md,json}}")
-        return 0
-    if args.experiment == "cold-start":
-        from cadmr.experiments.coldstart import MODELS, cold_start
-        from cadmr.experiments.report import write_cold_start
 
-        models = args.models or list(MODELS)
-        by_fraction = cold_start(
-            dataset, args.dataset, models, args.fractions, retune=args.retune, **common
-        )
-        text, png = write_cold_start(out, dataset.name, title, by_fraction, models)
-        print(text, end="")
-        print(f"plot: {png}\ntables: {out}/cold-start.{{md,csv,json}}")
-        return 0
+Common = dict[str, Any]  # the arguments every experiment passes to its runs
 
+
+def _leakage_audit(
+    args: argparse.Namespace, dataset: Dataset, spec: str, out: Path, title: str, common: Common
+) -> int:
+    from cadmr.experiments.leakage import leakage_audit, write_audit
+
+    rows = leakage_audit(dataset, spec, models=args.models, **common)
+    text = write_audit(out, dataset.name, rows)
+    print(text, end="")
+    print(f"tables: {out}/leakage-audit.{{md,json}}")
+    return 0
+
+
+def _cold_start(
+    args: argparse.Namespace, dataset: Dataset, spec: str, out: Path, title: str, common: Common
+) -> int:
+    from cadmr.experiments.coldstart import MODELS, cold_start
+    from cadmr.experiments.report import write_cold_start
+
+    models = args.models or list(MODELS)
+    by_fraction = cold_start(dataset, spec, models, args.fractions, retune=args.retune, **common)
+    text, png = write_cold_start(out, dataset.name, title, by_fraction, models)
+    print(text, end="")
+    print(f"plot: {png}\ntables: {out}/cold-start.{{md,csv,json}}")
+    return 0
+
+
+def _cold_items(
+    args: argparse.Namespace, dataset: Dataset, spec: str, out: Path, title: str, common: Common
+) -> int:
+    from cadmr.experiments.cold_items import COLD_MODELS, cold_items, write_cold_items
+
+    runs = cold_items(dataset, spec, args.models or COLD_MODELS, **common)
+    text, png = write_cold_items(out, title, runs)
+    print(text, end="")
+    print(f"plot: {png}\ntables: {out}/cold-items.{{md,csv,json}}")
+    return 0
+
+
+def _table_experiment(
+    args: argparse.Namespace, dataset: Dataset, spec: str, out: Path, title: str, common: Common
+) -> int:
+    """compare, ablation and heads: one table of labels over seeds (heads adds a plot)."""
     from cadmr.experiments import compare
     from cadmr.experiments.compare import TABLE2
     from cadmr.experiments.report import heads_figure, write_summary
@@ -143,7 +194,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         names = ABLATION
     else:  # heads
         names = {f"{h} heads": f"cadmr:heads={h}" for h in args.heads}
-    runs = compare(dataset, args.dataset, models=list(names.values()), **common)
+    runs = compare(dataset, spec, models=list(names.values()), **common)
     runs = {shown: runs[label] for shown, label in names.items()}
     stem = out / args.experiment
     text, rows = write_summary(stem, title, runs)
@@ -153,3 +204,6 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         print(f"plot: {heads_figure(rows, args.heads, title, stem.with_suffix('.png'))}")
     print(f"tables: {stem}.{{md,csv,json}}")
     return 0
+
+
+SPECIAL = {"leakage-audit": _leakage_audit, "cold-start": _cold_start, "cold-items": _cold_items}

@@ -64,6 +64,10 @@ class Dataset:
         test: Binary user x item CSR matrix of test interactions (cold users dropped).
         features: Modality name -> read-only float32 array of shape (n_items, d).
         info: Facts about loading (source format, duplicates collapsed, cold users dropped).
+        cold_items: On a cold-item split (data/cold.py), split name ("valid", "test") ->
+            the sorted item ids held out with all their interactions; training has none
+            of them, and evaluation ranks a split's cold items only (docs/protocol.md).
+            Empty on an ordinary split.
     """
 
     name: str
@@ -72,6 +76,7 @@ class Dataset:
     test: sp.csr_matrix
     features: Mapping[str, np.ndarray] = field(default_factory=dict)
     info: Mapping[str, object] = field(default_factory=dict)
+    cold_items: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -98,6 +103,7 @@ class Dataset:
         splits: Mapping[str, sp.spmatrix],
         features: Mapping[str, np.ndarray] | None = None,
         info: Mapping[str, object] | None = None,
+        cold_items: Mapping[str, np.ndarray] | None = None,
     ) -> Dataset:
         """Validate split matrices and features and return an immutable dataset.
 
@@ -107,7 +113,8 @@ class Dataset:
 
         Raises:
             DataError: on an empty training split, a (user, item) pair in two splits,
-                mismatched shapes, or bad feature matrices.
+                mismatched shapes, bad feature matrices, or cold items that overlap or
+                have training interactions.
         """
         info = dict(info or {})
         mats: dict[str, sp.csr_matrix] = {}
@@ -139,28 +146,10 @@ class Dataset:
                     f"e.g. user {u}, item {i}; every pair must belong to exactly one split"
                 )
 
-        has_train = np.diff(mats["train"].indptr) > 0
-        cold_rows = 0
-        cold_users: set[int] = set()
-        for s in ("valid", "test"):
-            m = mats[s]
-            row_nnz = np.diff(m.indptr)
-            cold = (~has_train) & (row_nnz > 0)
-            if cold.any():
-                cold_rows += int(row_nnz[cold].sum())
-                cold_users.update(np.flatnonzero(cold).tolist())
-                keep = sp.diags(has_train.astype(np.float32))
-                m = sp.csr_matrix(keep @ m)
-                m.eliminate_zeros()
-                m.sort_indices()
-                mats[s] = m
-        info["cold_users_dropped"] = len(cold_users)
-        info["cold_interactions_dropped"] = cold_rows
-
+        _drop_cold_users(mats, info)
         feats: dict[str, np.ndarray] = {}
         for mod, arr in (features or {}).items():
             feats[mod] = check_features(name, mod, arr, n_items)
-
         return cls(
             name=name,
             train=_freeze_csr(mats["train"]),
@@ -168,6 +157,7 @@ class Dataset:
             test=_freeze_csr(mats["test"]),
             features=types.MappingProxyType(feats),
             info=types.MappingProxyType(info),
+            cold_items=types.MappingProxyType(_check_cold_items(name, cold_items, mats["train"])),
         )
 
     def fingerprint(self) -> str:
@@ -188,6 +178,9 @@ class Dataset:
         for mod in sorted(self.features):
             h.update(mod.encode())
             h.update(np.ascontiguousarray(self.features[mod]).tobytes())
+        for s in sorted(self.cold_items):
+            h.update(f"cold {s}".encode())
+            h.update(self.cold_items[s].tobytes())
         digest = h.hexdigest()[:16]
         self.__dict__["_fingerprint"] = digest  # frozen dataclass: bypass __setattr__
         return digest
@@ -199,6 +192,7 @@ class Dataset:
             {"train": train, "valid": self.valid, "test": self.test},
             self.features,
             {k: v for k, v in self.info.items() if not k.startswith("cold_")},
+            self.cold_items,
         )
 
     def describe(self) -> dict[str, object]:
@@ -217,8 +211,58 @@ class Dataset:
             "users_with_train": int((np.diff(self.train.indptr) > 0).sum()),
             "items_without_train": int((item_train == 0).sum()),
             "modalities": self.modalities,
+            **(
+                {"cold_items": {s: len(v) for s, v in self.cold_items.items()}}
+                if self.cold_items
+                else {}
+            ),
             **{k: v for k, v in self.info.items()},
         }
+
+
+def _drop_cold_users(mats: dict[str, sp.csr_matrix], info: dict[str, object]) -> None:
+    """Drop, in place, the valid/test rows of users without training interactions
+    (docs/protocol.md) and record how many users and interactions went in ``info``."""
+    has_train = np.diff(mats["train"].indptr) > 0
+    cold_rows = 0
+    cold_users: set[int] = set()
+    for s in ("valid", "test"):
+        m = mats[s]
+        row_nnz = np.diff(m.indptr)
+        cold = (~has_train) & (row_nnz > 0)
+        if cold.any():
+            cold_rows += int(row_nnz[cold].sum())
+            cold_users.update(np.flatnonzero(cold).tolist())
+            keep = sp.diags(has_train.astype(np.float32))
+            m = sp.csr_matrix(keep @ m)
+            m.eliminate_zeros()
+            m.sort_indices()
+            mats[s] = m
+    info["cold_users_dropped"] = len(cold_users)
+    info["cold_interactions_dropped"] = cold_rows
+
+
+def _check_cold_items(
+    name: str, cold_items: Mapping[str, np.ndarray] | None, train: sp.csr_matrix
+) -> dict[str, np.ndarray]:
+    """Validated, sorted, read-only cold item ids per split (see ``Dataset.cold_items``)."""
+    out: dict[str, np.ndarray] = {}
+    n_items = train.shape[1]
+    item_train = np.diff(train.tocsc().indptr)
+    for s, items in (cold_items or {}).items():
+        if s not in ("valid", "test"):
+            raise DataError(f"{name}: cold items are given for {s!r}; only valid and test")
+        ids = np.unique(np.asarray(items, dtype=np.int64))
+        if len(ids) and (ids[0] < 0 or ids[-1] >= n_items):
+            raise DataError(f"{name}: cold {s} item ids must lie in 0..{n_items - 1}")
+        if (item_train[ids] > 0).any():
+            item = int(ids[np.argmax(item_train[ids] > 0)])
+            raise DataError(f"{name}: cold {s} item {item} has training interactions")
+        ids.flags.writeable = False
+        out[s] = ids
+    if len(out) == 2 and len(np.intersect1d(out["valid"], out["test"])):
+        raise DataError(f"{name}: an item is cold in both valid and test")
+    return out
 
 
 def check_features(name: str, mod: str, arr: np.ndarray, n_items: int) -> np.ndarray:

@@ -32,6 +32,11 @@ class LeakageGuard:
         self._held_out = np.union1d(
             pair_keys(dataset.valid, self.n_items), pair_keys(dataset.test, self.n_items)
         )
+        # on a cold-item split, the items held out with all their interactions (sorted):
+        # models leave them out of what they train on, negatives included
+        self.cold_items = np.sort(
+            np.concatenate([np.empty(0, np.int64), *dataset.cold_items.values()])
+        )
 
     def check(self, matrix: sp.spmatrix | np.ndarray, what: str, layout: str = "user_item"):
         """Fail loudly if ``matrix`` has a non-zero entry at a held-out pair.

@@ -5,6 +5,7 @@ Resolution order for ``spec``:
 1. ``synthetic-<preset>`` (e.g. ``synthetic-small``): the embedded generator, data seed 0,
    so every run and every model sees the same data.
 2. An existing folder path.
+   Any of these with a suffix ``@cold=F[,seed=S]``: the cold-item split (data/cold.py).
 3. A folder named ``spec`` in the data directory: the explicit ``data_dir`` argument
    (``--data-dir``), else the ``CADMR_DATA_DIR`` environment variable, else ``./data``
    (where ``cadmr data download`` puts datasets by default).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cadmr.data.cold import cold_item_split, parse_cold_spec
 from cadmr.data.dataset import DataError, Dataset
 from cadmr.data.readers import load_dataset
 from cadmr.data.synthetic import PRESETS, make_content_planted, make_synthetic
@@ -41,11 +43,16 @@ def data_directory(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def resolve_dataset(spec: str, data_dir: str | os.PathLike | None = None) -> Dataset:
-    """Load the dataset named or located by ``spec``.
+    """Load the dataset named or located by ``spec``; ``NAME@cold=F[,seed=S]`` is NAME
+    re-split with a fraction F of its items cold (data/cold.py).
 
     Raises:
         DataError: if nothing matches; the message lists what was tried.
     """
+    cold = parse_cold_spec(spec)
+    if cold is not None:
+        base, fraction, seed = cold
+        return cold_item_split(resolve_dataset(base, data_dir), fraction, seed)
     if spec.startswith(SYNTHETIC_PREFIX):
         preset = spec[len(SYNTHETIC_PREFIX) :]
         if preset in PLANTED:

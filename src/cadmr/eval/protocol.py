@@ -2,10 +2,12 @@
 
 For each user with at least one item in the evaluated split: score all items, mask the
 user's training items (and, only if asked, validation items at test time), take the top
-max(K), and compute binary-relevance metrics against the split. Users are processed in
-batches, so peak memory is O(batch_size x n_items) and never O(n_users x n_items). Ranking
-goes through ``ranked_topk``: a model with ``item_block > 0`` is scored in item blocks with a
-running top-K, so peak memory drops to O(batch_size x (item_block + max(K))).
+max(K), and compute binary-relevance metrics against the split. On a cold-item split
+(data/cold.py) only the split's cold items are ranked (``mixed=True``: every item, the
+cold ones among the warm). Users are processed in batches, so peak memory is
+O(batch_size x n_items) and never O(n_users x n_items). Ranking goes through
+``ranked_topk``: a model with ``item_block > 0`` is scored in item blocks with a running
+top-K, so peak memory drops to O(batch_size x (item_block + max(K))).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def evaluate(
     split: str = "valid",
     config: EvalConfig | None = None,
     progress: bool = False,
+    mixed: bool = False,
 ) -> dict[str, float]:
     """Mean ranking metrics of ``model`` on ``split`` over all users with relevant items.
 
@@ -55,6 +58,8 @@ def evaluate(
         split: "valid" or "test".
         config: Cut-offs, user batch size and masking option.
         progress: Show a progress bar over user batches.
+        mixed: On a cold-item split (``dataset.cold_items``), rank the whole catalogue
+            instead of the split's cold items only (data/cold.py); no effect otherwise.
 
     Returns:
         ``{"recall@20": ..., "ndcg@10": ..., ..., "n_users": ...}`` (means over users;
@@ -72,6 +77,7 @@ def evaluate(
     exclude = dataset.train
     if split == "test" and config.mask_valid_at_test:
         exclude = sp.csr_matrix(dataset.train + dataset.valid)
+    candidates = None if mixed else dataset.cold_items.get(split)
     users = evaluation_users(relevant)
     n_rel_all = np.diff(relevant.indptr)
     ks = config.ks
@@ -87,7 +93,7 @@ def evaluate(
             for start in tqdm(batches, desc=f"eval {split}", disable=not progress, leave=False):
                 batch = users[start : start + config.batch_size]
                 # (B, n_top) each; raises on a wrong score shape or a NaN score in any block
-                _, top = ranked_topk(model, batch, n_top, exclude)
+                _, top = ranked_topk(model, batch, n_top, exclude, candidates)
                 hits = hits_matrix(top.cpu().numpy(), batch, relevant)  # (B, n_top)
                 if n_top < max(ks):
                     hits = np.pad(hits, ((0, 0), (0, max(ks) - n_top)))

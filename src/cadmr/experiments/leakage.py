@@ -39,7 +39,7 @@ class _NoGuard(LeakageGuard):
     """A guard that checks nothing: the audit's planted leak must reach the model."""
 
     def __init__(self) -> None:  # no held-out pairs to remember
-        pass
+        self.cold_items = np.empty(0, dtype=np.int64)
 
     def check(self, matrix: Any, what: str, layout: str = "user_item") -> Any:
         return matrix

@@ -46,3 +46,29 @@ def line_plot(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def bar_plot(
+    groups: Sequence[str],
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    ylabel: str,
+    title: str,
+    path: str | Path,
+) -> Path:
+    """Grouped bars (one group per entry of ``groups``, one bar per series, mean +- std
+    error bars), saved as a PNG at ``path``."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(groups) + 2), 3.5), dpi=120)
+    width = 0.8 / max(len(series), 1)
+    for s, (label, (means, stds)) in enumerate(series.items()):
+        xs = [g + (s - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, means, width, yerr=stds, capsize=2, label=label)
+    ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

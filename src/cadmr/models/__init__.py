@@ -8,6 +8,7 @@ from cadmr.models.base import ClosedFormRecommender, Recommender, TorchRecommend
 from cadmr.models.bm3 import BM3
 from cadmr.models.bpr import BPRMF
 from cadmr.models.cadmr import CADMR, CADMRPaper
+from cadmr.models.content_knn import ContentKNN
 from cadmr.models.dragon import DRAGON
 from cadmr.models.ease import EASE
 from cadmr.models.freedom import FREEDOM
@@ -35,6 +36,7 @@ MODELS: dict[str, type[Recommender]] = {
         LATTICE,
         FREEDOM,
         ADDVAE,
+        ContentKNN,
     )
 }
 

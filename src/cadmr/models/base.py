@@ -59,11 +59,16 @@ def _nan_error(model: Recommender) -> FloatingPointError:
 
 @torch.no_grad()
 def ranked_topk(
-    model: Recommender, users: np.ndarray, k: int, exclude: sp.csr_matrix | None
+    model: Recommender,
+    users: np.ndarray,
+    k: int,
+    exclude: sp.csr_matrix | None,
+    candidates: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` (values float32 (B, k'), item indices int64 (B, k')) of ``model`` for
     ``users`` (B,), k' = min(k, n_items), best first, after masking ``exclude``'s items of
     each user to -inf (masked items still fill the tail when fewer than k' are eligible).
+    With ``candidates`` (item ids), every other item is masked too: only they are ranked.
 
     With ``model.item_block`` 0 or >= n_items this is ``topk_items(model.score(users), ...)``.
     Otherwise items are scored in blocks of ``item_block`` columns by ``score_block``, each
@@ -83,6 +88,10 @@ def ranked_topk(
         raise ValueError(f"k must be >= 0, got {k}")
     n_items, n_users = model.n_items, len(users)
     block = model.item_block
+    outside = None  # (n_items,) bool: not a candidate
+    if candidates is not None:
+        outside = torch.ones(n_items, dtype=torch.bool)
+        outside[torch.from_numpy(np.array(candidates, dtype=np.int64))] = False
     if block < 0:
         raise ValueError(f"{model.name}.item_block must be >= 0, got {block}")
     if block == 0 or block >= n_items:
@@ -91,12 +100,26 @@ def ranked_topk(
             raise ValueError(
                 f"{model.name}.score returned {tuple(scores.shape)}, expected {(n_users, n_items)}"
             )
-        values, items = topk_items(scores.float(), users, k, exclude)
+        scores = scores.float()
+        if outside is not None:
+            scores[:, outside.to(scores.device)] = -torch.inf
+        values, items = topk_items(scores, users, k, exclude)
         if torch.isnan(values).any():  # topk ranks NaN first, so this sees any NaN
             raise _nan_error(model)
         return values, items
 
-    k = min(k, n_items)
+    return _streamed_topk(model, users, min(k, n_items), exclude, outside)
+
+
+def _streamed_topk(
+    model: Recommender,
+    users: np.ndarray,
+    k: int,
+    exclude: sp.csr_matrix | None,
+    outside: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ranked_topk`` over blocks of ``model.item_block`` items and a running top-k."""
+    n_items, n_users, block = model.n_items, len(users), model.item_block
     starts = np.arange(0, n_items, block, dtype=np.int64)
     if exclude is not None:
         # the users' excluded (row, column) pairs, sorted by column: a block's pairs are a slice
@@ -117,6 +140,8 @@ def ranked_topk(
                 f"{(n_users, stop - start)}"
             )
         scores = scores.float()
+        if outside is not None:
+            scores[:, outside[start:stop].to(scores.device)] = -torch.inf
         if exclude is not None and bounds[b + 1] > bounds[b]:
             lo, hi = bounds[b], bounds[b + 1]
             r = torch.from_numpy(rows[lo:hi]).to(scores.device)
@@ -150,6 +175,9 @@ class Recommender(abc.ABC):
             2-3 values of the model's main regulariser from the published grid, the rest at
             defaults (``cadmr tune --grid budget``); None: the published grid.
         needs_features: True when the model cannot run without item features.
+        scores_new_items: True when the model can rank items that have no training
+            interaction (from their features); only such models train on a cold-item
+            split (data/cold.py). An instance may decide by its parameters (CADMR).
         item_block: Items scored per ``score_block`` call when ranking (``ranked_topk``);
             0 scores the whole catalogue with one ``score`` call.
         train_defaults: The model's own defaults for the ``train`` section, over
@@ -163,6 +191,7 @@ class Recommender(abc.ABC):
     summary: ClassVar[str] = ""  # one line for `cadmr models` (default: the module's first)
     budget_search: ClassVar[Mapping[str, tuple[Any, ...]] | None] = None
     needs_features: ClassVar[bool] = False
+    scores_new_items: ClassVar[bool] = False
     item_block: ClassVar[int] = 0
     train_defaults: ClassVar[Mapping[str, Any]] = {}
 

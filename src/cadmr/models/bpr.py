@@ -56,7 +56,7 @@ class BPRMF(TorchRecommender):
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
     ) -> None:
         super().setup(train, features, guard)
-        self.sampler = TripletSampler(self.train_matrix)
+        self.sampler = TripletSampler(self.train_matrix, guard.cold_items)
 
     def batches(self, rng: np.random.Generator, batch_size: int) -> ShuffledBatches[TripletBatch]:
         return self.sampler.epoch(rng, batch_size)

@@ -103,6 +103,11 @@ class CADMRParams(KernelAEParams):
         finetune_batch_size: Item rows per fine-tuning step (0 = ``train.batch_size``).
             Each step runs the extractors over the whole catalogue, so on a large catalogue
             larger fine-tuning batches cost far less per epoch (benchmarks/cadmr_epoch.py).
+        cold_dropout: Share of each fine-tuning batch's items whose whole rating row
+            (query and residual) is dropped, so the multimodal path learns to place an item
+            from its features alone, as it must for an item nobody has interacted with
+            (DropoutNet's item dropout, Volkovs et al., NeurIPS 2017). 0 keeps ordinary
+            training; the cold-item experiment chooses it on validation (docs/cadmr.md).
     """
 
     latent_dim: int = 64
@@ -121,9 +126,12 @@ class CADMRParams(KernelAEParams):
     finetune_autoencoder: bool = False
     finetune_batch_size: int = 0
     value_skip: bool = True
+    cold_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0.0 <= self.cold_dropout < 1.0:
+            raise ValueError(f"cold_dropout must be in [0, 1), got {self.cold_dropout}")
         if self.global_kernel:
             raise ValueError(
                 "global_kernel is an option of kernel_ae; CADMR's fine-tuning phase is its "
@@ -398,6 +406,25 @@ class CADMR(KernelAE):
         out = self.attention(to_torch_sparse(rows, self.device), fused)
         if self.params.value_skip:
             out = out + self.attention.value(fused[index])
+        return out
+
+    @property
+    def scores_new_items(self) -> bool:  # type: ignore[override]
+        """An item without interactions still has its own value vector V_i (its features)
+        with ``value_skip`` or without attention; the paper's attention output alone is the
+        same for every such item (an empty query attends uniformly)."""
+        return self.params.value_skip or not self.params.use_attention
+
+    def rating_rows(self, items: np.ndarray, corrupt: bool = False) -> sp.csr_matrix:
+        """``kernel_ae``'s rows, and while fine-tuning with ``cold_dropout`` q, each row
+        dropped whole with probability q (the item then looks new)."""
+        rows = super().rating_rows(items, corrupt)
+        q = self.params.cold_dropout
+        if not (corrupt and self.training and q > 0 and self.phase == "finetune"):
+            return rows
+        keep = (torch.rand(rows.shape[0], generator=self._noise) >= q).numpy()
+        out = sp.csr_matrix(sp.diags(keep.astype(np.float32)) @ rows)
+        out.eliminate_zeros()
         return out
 
     def refine(self, items: np.ndarray, fused: torch.Tensor, corrupt: bool = False) -> torch.Tensor:

@@ -194,6 +194,7 @@ class DRAGON(CachedEmbeddingScores, TorchRecommender):
     name = "dragon"
     params_cls = DRAGONParams
     needs_features = True
+    scores_new_items = True  # through the item's features
     default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {
         "reg_weight": (0.1, 0.01, 0.001, 0.0001, 0.00001),
         "learning_rate": (0.1, 0.01, 0.001, 0.0001, 0.00001),
@@ -234,7 +235,7 @@ class DRAGON(CachedEmbeddingScores, TorchRecommender):
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
     ) -> None:
         super().setup(train, features, guard)
-        self.sampler = TripletSampler(self.train_matrix)
+        self.sampler = TripletSampler(self.train_matrix, guard.cold_items)
         self.adj = checked_bipartite_adjacency(self.train_matrix, guard, "DRAGON")
         # derived from the training matrix checked in Recommender.setup
         self.user_adj = to_torch_sparse(user_graph(self.train_matrix, self.params.user_k))

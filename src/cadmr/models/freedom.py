@@ -125,6 +125,7 @@ class FREEDOM(CachedEmbeddingScores, BPRMF):
     name = "freedom"
     params_cls = FREEDOMParams
     needs_features = True
+    scores_new_items = True  # through the item's features
     # MMRec's grid (hyper_parameters: dropout, reg_weight): 2 x 4 = 8 points
     default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {
         "dropout": (0.8, 0.9),

@@ -208,6 +208,10 @@ class KernelAE(TorchRecommender):
         r = sp.csr_matrix(self.train_matrix.T, dtype=np.float32)  # (n_items, n_users)
         r.sort_indices()
         self.item_user = guard.check(r, "kernel AE input/target", layout="item_user")
+        # a cold-item split's held-out items are no training examples (empty rows whose
+        # target would teach "nobody"); None: every item, as on an ordinary split
+        cold = guard.cold_items
+        self.training_items = np.setdiff1d(np.arange(self.n_items), cold) if len(cold) else None
         self._hidden = None
         if self.params.input_init == "active" and not self._input_scaled:
             # unit pre-activation variance for an item row of mean length
@@ -311,7 +315,9 @@ class KernelAE(TorchRecommender):
             self._noise.manual_seed(int(rng.integers(2**62)))
         if self.uses_global_kernel:
             self._pooled = self.item_means()  # once per epoch (module docstring)
-        return ShuffledBatches(self.n_items, batch_size, rng, ItemBatch)
+        items = self.training_items
+        n = self.n_items if items is None else len(items)
+        return ShuffledBatches(n, batch_size, rng, ItemBatch, items)
 
     def target_rows(self, items: np.ndarray) -> torch.Tensor:
         """Reconstruction target: the dense training rows of ``items``, (B, n_users)."""

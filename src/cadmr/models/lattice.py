@@ -117,6 +117,7 @@ class LATTICE(CachedEmbeddingScores, BPRMF):
     name = "lattice"
     params_cls = LATTICEParams
     needs_features = True
+    scores_new_items = True  # through the item's features
     # MMRec's grid (hyper_parameters: reg_weight, learning_rate): 4 x 4 = 16 points
     default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {
         "reg_weight": (0.0, 1e-5, 1e-4, 1e-3),

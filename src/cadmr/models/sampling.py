@@ -19,7 +19,8 @@ class ShuffledBatches(Generic[B]):
     """One epoch's batches: ``range(n)`` in a random order drawn from ``rng`` when iteration
     starts, cut into chunks of ``batch_size`` indices, each turned into a batch by ``make``
     (which may draw from ``rng`` too). It has a length, so the trainer's progress bar shows
-    the epoch's total and time left."""
+    the epoch's total and time left. With ``ids``, the batches hold ``ids[order]`` instead
+    (``n`` = len(ids)): e.g. the items a cold-item split leaves to training."""
 
     def __init__(
         self,
@@ -27,16 +28,22 @@ class ShuffledBatches(Generic[B]):
         batch_size: int,
         rng: np.random.Generator,
         make: Callable[[np.ndarray], B],
+        ids: np.ndarray | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        if ids is not None and len(ids) != n:
+            raise ValueError(f"{len(ids)} ids for {n} batch entries")
         self.n, self.batch_size, self.rng, self.make = n, batch_size, rng, make
+        self.ids = ids
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
 
     def __iter__(self) -> Iterator[B]:
         order = self.rng.permutation(self.n).astype(np.int64, copy=False)
+        if self.ids is not None:
+            order = self.ids[order]
         for start in range(0, self.n, self.batch_size):
             yield self.make(order[start : start + self.batch_size])
 
@@ -56,11 +63,16 @@ class TripletSampler:
 
     Args:
         train: Binary user x item training matrix.
+        skip_items: Items never drawn as negatives: a cold-item split's held-out items
+            (``LeakageGuard.cold_items``), which training must not see at all.
     """
 
-    def __init__(self, train: sp.csr_matrix) -> None:
+    def __init__(self, train: sp.csr_matrix, skip_items: np.ndarray | None = None) -> None:
         coo = train.tocoo()
         self.n_items = train.shape[1]
+        self._drawable = None  # None: every item (the same draws as without skip_items)
+        if skip_items is not None and len(skip_items):
+            self._drawable = np.setdiff1d(np.arange(self.n_items), skip_items)
         self.users = coo.row.astype(np.int64)
         self.items = coo.col.astype(np.int64)
         self._keys = np.sort(self.users * self.n_items + self.items)
@@ -78,12 +90,17 @@ class TripletSampler:
 
     def negatives(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Uniform items not in each user's training set, (B,) int64."""
-        neg = rng.integers(0, self.n_items, size=len(users))
+        neg = self._draw(rng, len(users))
         bad = self._is_positive(users, neg)
         while bad.any():  # geometric: a handful of rounds even for dense users
-            neg[bad] = rng.integers(0, self.n_items, size=int(bad.sum()))
+            neg[bad] = self._draw(rng, int(bad.sum()))
             bad[bad] = self._is_positive(users[bad], neg[bad])
         return neg
+
+    def _draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        if self._drawable is None:
+            return rng.integers(0, self.n_items, size=n)
+        return self._drawable[rng.integers(0, len(self._drawable), size=n)]
 
     def epoch(self, rng: np.random.Generator, batch_size: int) -> ShuffledBatches[TripletBatch]:
         def triplets(idx: np.ndarray) -> TripletBatch:

@@ -62,6 +62,7 @@ class VBPR(CachedEmbeddingScores, BPRMF):
     name = "vbpr"
     params_cls = VBPRParams
     needs_features = True
+    scores_new_items = True  # through the item's features
     default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {  # MMRec's VBPR grid
         "reg_weight": (2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
     }
@@ -90,6 +91,12 @@ class VBPR(CachedEmbeddingScores, BPRMF):
         super().setup(train, features, guard)
         blocks = [feature_tensor(features[m], self.params.feature_norm) for m in self.modalities]
         self.features = torch.cat(blocks, dim=1)  # (I, sum d_m)
+        # a cold-item split's items never train their ID factor (never a positive, never a
+        # negative): they are scored by the content term alone
+        self.untrained = None
+        if len(guard.cold_items):
+            self.untrained = torch.zeros(self.n_items, dtype=torch.bool)
+            self.untrained[torch.from_numpy(guard.cold_items)] = True
 
     def item_terms(self, items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(E f_i (N, d), beta_i + beta'.f_i (N,)) for ``items`` (all items when None)."""
@@ -118,6 +125,9 @@ class VBPR(CachedEmbeddingScores, BPRMF):
         (U, 2d + 1) and (I, 2d + 1): their dot product is eq. (2) without the cancelled
         terms."""
         content, bias = self.item_terms()
+        ids = self.item_emb
+        if self.untrained is not None:
+            ids = ids.masked_fill(self.untrained.to(ids.device)[:, None], 0.0)
         ones = torch.ones(self.n_users, 1, device=self.device)
         users = torch.cat([self.user_emb, self.user_content, ones], dim=1)
-        return users, torch.cat([self.item_emb, content, bias[:, None]], dim=1)
+        return users, torch.cat([ids, content, bias[:, None]], dim=1)

@@ -42,7 +42,13 @@ from cadmr.data.leakage import LeakageGuard
 from cadmr.errors import TrainingError
 from cadmr.eval.protocol import evaluate
 from cadmr.logs import RUN_LOGGER, run_transcript, showing_progress
-from cadmr.models import ClosedFormRecommender, Recommender, TorchRecommender, get_model_class
+from cadmr.models import (
+    MODELS,
+    ClosedFormRecommender,
+    Recommender,
+    TorchRecommender,
+    get_model_class,
+)
 from cadmr.train import runfolder
 from cadmr.train.checkpoint import (
     atomic_write_text,
@@ -75,7 +81,15 @@ def build_model(
         raise TrainingError(f"{cls.name} needs item features; {dataset.name} has none")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed if seed is None else seed)
-        return cls(params, dataset.n_users, dataset.n_items, dataset.modalities)
+        model = cls(params, dataset.n_users, dataset.n_items, dataset.modalities)
+    if dataset.cold_items and not model.scores_new_items:
+        capable = ", ".join(n for n in sorted(MODELS) if MODELS[n].scores_new_items is True)
+        raise TrainingError(
+            f"{cls.name} cannot rank items without interactions, which is all {dataset.name} "
+            f"evaluates (a cold-item split); models that can: {capable}, and cadmr with "
+            "value_skip or without attention"
+        )
+    return model
 
 
 def fit_trial(
@@ -260,6 +274,11 @@ def _train_and_test(
         test = evaluate(model, dataset, "test", config.eval, progress=config.train.progress)
         valid = format_metrics(best["valid"])
         log(f"best epoch {best['best_epoch']} | valid {valid} | test {format_metrics(test)}")
+        if dataset.cold_items:  # the cold items among the warm ones: the second table
+            mixed = {"test_mixed": evaluate(model, dataset, "test", config.eval, mixed=True)}
+            log(f"test, all items ranked (cold among warm): {format_metrics(mixed['test_mixed'])}")
+        else:
+            mixed = {}
         popularity = test if config.model == "pop" else _popularity_reference(config, dataset)
     results = {
         "model": config.model,
@@ -268,6 +287,7 @@ def _train_and_test(
         "seed": config.seed,
         **{k: best[k] for k in ("best_epoch", "epochs_run", "params", "valid")},
         "test": test,
+        **mixed,
         **{k: best[k] for k in ("seconds_per_epoch", "eval_seconds")},
         **{k: best[k] for k in ("phases", "selected_phase") if k in best},
         "threads": threads,
