@@ -316,8 +316,19 @@ def _config_case(name: str, text: str) -> Case:
     return Case(name, build, "c.yaml")
 
 
+def _cold_train(
+    model: str, dataset: str = "synthetic-tiny@cold=0.3"
+) -> Callable[[Path], list[str]]:
+    return lambda t: ["train", "-m", model, "-d", dataset, "--out", str(t / "run")]
+
+
 BAD_ARGS = [
     Case("args-unknown-model", lambda t: ["train", "-m", "nope", "-d", "synthetic-tiny"], "nope"),
+    Case("args-cold-split-pop", _cold_train("pop"), "pop cannot rank items without"),
+    Case("args-cold-split-paper", _cold_train("cadmr_paper"), "cadmr_paper cannot rank"),
+    Case("args-cold-fraction-1", _cold_train("content_knn", "synthetic-tiny@cold=1"), "(0, 1)"),
+    Case("args-cold-bad-suffix", _cold_train("content_knn", "synthetic-tiny@cold=x"), "NAME@cold="),
+    Case("args-cold-bad-seed", _cold_train("content_knn", "synthetic-tiny@cold=0.2,s=1"), "seed=N"),
     Case("args-unknown-dataset", lambda t: ["train", "-m", "bpr", "-d", "nowhere"], "nowhere"),
     Case("args-unknown-preset", lambda t: ["data", "describe", "synthetic-huge"], "preset"),
     Case(
