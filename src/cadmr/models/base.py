@@ -177,7 +177,8 @@ class Recommender(abc.ABC):
         needs_features: True when the model cannot run without item features.
         scores_new_items: True when the model can rank items that have no training
             interaction (from their features); only such models train on a cold-item
-            split (data/cold.py). An instance may decide by its parameters (CADMR).
+            split (data/cold.py). ``can_score_new_items(params)`` asks it for given
+            parameters (CADMR decides by them).
         item_block: Items scored per ``score_block`` call when ranking (``ranked_topk``);
             0 scores the whole catalogue with one ``score`` call.
         train_defaults: The model's own defaults for the ``train`` section, over
@@ -208,6 +209,11 @@ class Recommender(abc.ABC):
         self.feature_dims = dict(feature_dims)
         self.modalities = sorted(feature_dims)  # the order every model iterates them in
         self.train_matrix: sp.csr_matrix | None = None
+
+    @classmethod
+    def can_score_new_items(cls, params: Any) -> bool:
+        """Whether the model with ``params`` ranks items without interactions."""
+        return cls.scores_new_items
 
     def setup(
         self,

@@ -408,12 +408,12 @@ class CADMR(KernelAE):
             out = out + self.attention.value(fused[index])
         return out
 
-    @property
-    def scores_new_items(self) -> bool:  # type: ignore[override]
+    @classmethod
+    def can_score_new_items(cls, params: Any) -> bool:
         """An item without interactions still has its own value vector V_i (its features)
         with ``value_skip`` or without attention; the paper's attention output alone is the
         same for every such item (an empty query attends uniformly)."""
-        return self.params.value_skip or not self.params.use_attention
+        return params.value_skip or not params.use_attention
 
     def rating_rows(self, items: np.ndarray, corrupt: bool = False) -> sp.csr_matrix:
         """``kernel_ae``'s rows, and while fine-tuning with ``cold_dropout`` q, each row

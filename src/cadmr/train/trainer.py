@@ -79,17 +79,23 @@ def build_model(
     cls = get_model_class(config.model)
     if cls.needs_features and not dataset.features:
         raise TrainingError(f"{cls.name} needs item features; {dataset.name} has none")
+    check_capable(config, dataset, [params])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed if seed is None else seed)
-        model = cls(params, dataset.n_users, dataset.n_items, dataset.modalities)
-    if dataset.cold_items and not model.scores_new_items:
-        capable = ", ".join(n for n in sorted(MODELS) if MODELS[n].scores_new_items is True)
+        return cls(params, dataset.n_users, dataset.n_items, dataset.modalities)
+
+
+def check_capable(config: RunConfig, dataset: Dataset, trials: list[Any]) -> None:
+    """Raise TrainingError if ``dataset`` is a cold-item split and the model cannot rank
+    items without interactions at any of the parameters ``trials``."""
+    cls = get_model_class(config.model)
+    if dataset.cold_items and not all(cls.can_score_new_items(p) for p in trials):
+        capable = ", ".join(n for n in sorted(MODELS) if MODELS[n].scores_new_items)
         raise TrainingError(
             f"{cls.name} cannot rank items without interactions, which is all {dataset.name} "
             f"evaluates (a cold-item split); models that can: {capable}, and cadmr with "
             "value_skip or without attention"
         )
-    return model
 
 
 def fit_trial(
@@ -179,6 +185,7 @@ def run(
     share of each batch; rank 0 writes ``out_dir``, the others a temporary folder.
     """
     check_evaluable(dataset)
+    check_capable(config, dataset, list(config.trials()))  # before the run folder exists
     rank, size = rank_and_size()
     if resume and size > 1:
         raise TrainingError("--resume runs in one process; resume without torchrun")
