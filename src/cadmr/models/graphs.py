@@ -82,7 +82,7 @@ def knn_neighbours(
     k = min(k, n)
     idx = torch.empty(n, k, dtype=torch.int64, device=x.device)
     sims = torch.empty(n, k, dtype=torch.float32, device=x.device)
-    for start in range(0, n, block):
+    for start in progress(range(0, n, block), desc=f"feature kNN graph ({n} items)"):
         stop = min(start + block, n)
         s, i = torch.topk(x[start:stop] @ x.T, k, dim=1)  # (b, N) -> (b, k)
         sims[start:stop], idx[start:stop] = s.float(), i
