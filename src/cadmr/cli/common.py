@@ -26,9 +26,10 @@ def add_checkpoint_args(p: argparse.ArgumentParser, dataset_help: str) -> None:
     )
 
 
-def add_sets(p: argparse.ArgumentParser, help: str) -> None:
+def add_sets(p: argparse.ArgumentParser, text: str) -> None:
+    """``--set KEY=VALUE``, repeatable, into ``args.sets``; ``text`` is its help."""
     p.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help=help
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help=text
     )
 
 
