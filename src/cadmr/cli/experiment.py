@@ -162,10 +162,7 @@ def _cold_start(
 
     models = args.models or list(MODELS)
     by_fraction = cold_start(dataset, spec, models, args.fractions, retune=args.retune, **common)
-    text, png = write_cold_start(out, dataset.name, title, by_fraction, models)
-    print(text, end="")
-    print(f"plot: {png}\ntables: {out}/cold-start.{{md,csv,json}}")
-    return 0
+    return _printed(*write_cold_start(out, dataset.name, title, by_fraction, models), out)
 
 
 def _cold_items(
@@ -174,9 +171,13 @@ def _cold_items(
     from cadmr.experiments.cold_items import COLD_MODELS, cold_items, write_cold_items
 
     runs = cold_items(dataset, spec, args.models or COLD_MODELS, **common)
-    text, png = write_cold_items(out, title, runs)
+    return _printed(*write_cold_items(out, title, runs), out)
+
+
+def _printed(text: str, png: Path, out: Path) -> int:
+    """Print an experiment's tables and where its plot and table files are."""
     print(text, end="")
-    print(f"plot: {png}\ntables: {out}/cold-items.{{md,csv,json}}")
+    print(f"plot: {png}\ntables: {out / png.stem}.{{md,csv,json}}")
     return 0
 
 

@@ -40,12 +40,7 @@ def line_plot(
     ax.grid(alpha=0.3)
     if len(series) + len(references or {}) > 1:
         ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def bar_plot(
@@ -66,6 +61,11 @@ def bar_plot(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(frameon=False)
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    """Lay out, write ``fig`` as a PNG at ``path`` (folders created) and free it."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
