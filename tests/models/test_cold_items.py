@@ -111,3 +111,14 @@ def test_a_run_on_a_cold_split_reports_both_rankings(cold, tmp_path):
     # among 80 candidates the cold items are found far more easily than among all 800
     assert res["test"]["recall@20"] > res["test_mixed"]["recall@20"]
     assert "cold among warm" in (tmp_path / "train.log").read_text()
+
+
+def test_cadmr_takes_its_cold_defaults_on_a_cold_split_only():
+    warm = resolve_run_config("cadmr", "scientific").params
+    cold = resolve_run_config("cadmr", "scientific@cold=0.2").params
+    assert (warm.cold_dropout, warm.finetune_autoencoder) == (0.0, False)
+    assert (cold.cold_dropout, cold.finetune_autoencoder) == (0.5, True)
+    paper = resolve_run_config("cadmr_paper", "scientific@cold=0.2").params
+    assert paper == resolve_run_config("cadmr_paper", "scientific").params
+    explicit = resolve_run_config("cadmr", "x@cold=0.2", sets=["params.cold_dropout=0.9"])
+    assert explicit.params.cold_dropout == 0.9  # --set still wins

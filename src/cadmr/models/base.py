@@ -183,6 +183,9 @@ class Recommender(abc.ABC):
             0 scores the whole catalogue with one ``score`` call.
         train_defaults: The model's own defaults for the ``train`` section, over
             ``TrainConfig``'s (e.g. item autoencoders train on small item batches).
+        cold_defaults: Parameters the model takes on a cold-item split (a dataset named
+            ``NAME@cold=...``), over its params dataclass's, chosen on such splits'
+            validation (CADMR's item dropout).
     """
 
     name: ClassVar[str]
@@ -195,6 +198,7 @@ class Recommender(abc.ABC):
     scores_new_items: ClassVar[bool] = False
     item_block: ClassVar[int] = 0
     train_defaults: ClassVar[Mapping[str, Any]] = {}
+    cold_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(
         self, params: Any, n_users: int, n_items: int, feature_dims: Mapping[str, int]

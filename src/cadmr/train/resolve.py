@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from cadmr.config import RunConfig, build_run_config, load_yaml, parse_sets
+from cadmr.data.cold import COLD_MARK
 from cadmr.models import get_model_class
 
 GRIDS = ("none", "published", "budget")
@@ -20,7 +21,8 @@ def resolve_run_config(
     extra: dict[str, Any] | None = None,
     grid: str = "none",
 ) -> RunConfig:
-    """Merge defaults (the dataclasses', then the model's ``train_defaults``) ->
+    """Merge defaults (the dataclasses', then the model's ``train_defaults``, and on a
+    cold-item split its ``cold_defaults``) ->
     ``config_file`` -> ``extra`` -> ``sets`` -> ``seed``, and validate the result strictly.
 
     ``search`` is what the layers set. Where no layer sets one, ``grid`` decides (``GRIDS``):
@@ -35,6 +37,8 @@ def resolve_run_config(
     layers: list[dict[str, Any]] = []
     if cls.train_defaults:
         layers.append({"train": dict(cls.train_defaults)})
+    if cls.cold_defaults and COLD_MARK in dataset:
+        layers.append({"params": dict(cls.cold_defaults)})
     if config_file:
         layers.append(load_yaml(config_file))
     if extra:
