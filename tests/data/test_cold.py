@@ -73,3 +73,11 @@ def test_cold_items_with_training_interactions_are_refused(base):
     item = int(base.train.indices[0])
     with pytest.raises(DataError, match=f"cold valid item {item} has training interactions"):
         Dataset.build("x", splits, cold_items={"valid": [item]})
+
+
+def test_describe_counts_the_new_items():
+    from cadmr.data.describe import describe_text
+
+    text = describe_text(resolve_dataset("synthetic-small@cold=0.2"))
+    assert "new (cold) items, valid" in text and "new (cold) items, test" in text
+    assert "new (cold)" not in describe_text(resolve_dataset("synthetic-small"))

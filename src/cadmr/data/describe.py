@@ -43,6 +43,7 @@ def describe_text(dataset: Dataset) -> str:
         ("duplicates collapsed", count(info.get("duplicates_collapsed"))),
         ("cold users dropped", count(info.get("cold_users_dropped"))),
         ("cold interactions dropped", count(info.get("cold_interactions_dropped"))),
+        *((f"new (cold) items, {s}", count(len(v))) for s, v in dataset.cold_items.items()),
     ]
     texts = [
         ("modalities", mods),
