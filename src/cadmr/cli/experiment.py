@@ -171,7 +171,7 @@ def _cold_items(
     from cadmr.experiments.cold_items import COLD_MODELS, cold_items, write_cold_items
 
     runs = cold_items(dataset, spec, args.models or COLD_MODELS, **common)
-    return _printed(*write_cold_items(out, title, runs), out)
+    return _printed(*write_cold_items(out, dataset.name, title, runs), out)
 
 
 def _printed(text: str, png: Path, out: Path) -> int:

@@ -55,7 +55,7 @@ def cold_items(
 
 
 def write_cold_items(
-    out: Path, title: str, runs: Mapping[str, Sequence[dict[str, Any]]]
+    out: Path, dataset_name: str, title: str, runs: Mapping[str, Sequence[dict[str, Any]]]
 ) -> tuple[str, Path]:
     """cold-items.md / .csv / .json (both tables) and cold-items.png (test Recall@20 of
     both rankings per model); returns (the Markdown, the PNG path)."""
@@ -90,7 +90,7 @@ def write_cold_items(
         [r["model"] for r in cold],
         series,
         "test Recall@20",
-        title.split(":")[0],
+        f"{dataset_name} (cold-items)",
         out / "cold-items.png",
     )
     return text, png
