@@ -53,6 +53,7 @@ from cadmr.data.leakage import LeakageGuard
 from cadmr.models.base import CachedEmbeddingScores, TorchRecommender
 from cadmr.models.layers import (
     checked_bipartite_adjacency,
+    distinct_rows,
     id_embeddings,
     modality_features,
     modality_projections,
@@ -150,8 +151,9 @@ class BM3(CachedEmbeddingScores, TorchRecommender):
         t_u, t_i = self.target(h_u), self.target(h_i)  # (B, d), no gradient
         graph = cosine_loss(self.predictor(h_u), t_i) + cosine_loss(self.predictor(h_i), t_u)
         feature = h_u.new_zeros(())
+        distinct, (at,) = distinct_rows(batch.items)
         for m in self.modalities:
-            z = self.projections[m](self.features[m][batch.items])  # (B, d)
+            z = self.projections[m](self.features[m][distinct])[at]  # (B, d), each item once
             z_online = self.predictor(z)
             feature = feature + cosine_loss(z_online, t_i) + cosine_loss(z_online, self.target(z))
         reg = (users_all.norm() + items_all.norm()) / self.n_items

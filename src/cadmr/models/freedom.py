@@ -58,6 +58,7 @@ from cadmr.models.graphs import knn_graph, sym_normalize
 from cadmr.models.layers import (
     bpr_loss,
     checked_bipartite_adjacency,
+    distinct_rows,
     modality_features,
     modality_projections,
     normalized_bipartite_adjacency,
@@ -209,9 +210,10 @@ class FREEDOM(CachedEmbeddingScores, BPRMF):
         loss = bpr_loss((u * p).sum(1), (u * n).sum(1))
         if self.params.reg_weight > 0:
             modal = 0.0
+            distinct, (at_p, at_n) = distinct_rows(batch.pos, batch.neg)
             for m in self.modalities:
-                proj, f = self.projections[m], self.features[m]
-                fp, fn = proj(f[batch.pos]), proj(f[batch.neg])  # (B, d) each
+                z = self.projections[m](self.features[m][distinct])  # each item once
+                fp, fn = z[at_p], z[at_n]  # (B, d) each
                 modal = modal + bpr_loss((u * fp).sum(1), (u * fn).sum(1))
             loss = loss + self.params.reg_weight * modal
         return loss

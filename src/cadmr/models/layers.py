@@ -23,6 +23,16 @@ def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor
     return F.softplus(neg_scores - pos_scores).mean()
 
 
+def distinct_rows(*index: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The distinct values of the index tensors, and for each tensor the position of each
+    of its entries among them: ``f(x[distinct])[where]`` equals ``f(x[index])`` row by row
+    for a row-wise ``f`` and costs one ``f`` per distinct row. A BPR batch of 2,048 triplets
+    on lfm2k holds about 1,300 distinct items among its 4,096 positives and negatives, so
+    projecting their features this way costs a third of projecting every triplet's."""
+    distinct, where = torch.unique(torch.cat(index), return_inverse=True)
+    return distinct, list(where.split([len(i) for i in index]))
+
+
 def l2_per_example(*embeddings: torch.Tensor) -> torch.Tensor:
     """Sum of squared L2 norms of the given (B, d) embeddings, divided by the batch size
     (MMRec's EmbLoss with norm 2)."""

@@ -23,7 +23,7 @@ from torch import nn
 from cadmr.data.leakage import LeakageGuard
 from cadmr.models.base import CachedEmbeddingScores
 from cadmr.models.bpr import BPRMF
-from cadmr.models.layers import bpr_loss, feature_tensor, l2_per_example
+from cadmr.models.layers import bpr_loss, distinct_rows, feature_tensor, l2_per_example
 from cadmr.models.sampling import TripletBatch
 
 
@@ -107,8 +107,9 @@ class VBPR(CachedEmbeddingScores, BPRMF):
     def loss(self, batch: TripletBatch) -> torch.Tensor:
         users, pos, neg = batch.users, batch.pos, batch.neg  # (B,) int64 each
         gu, tu = self.user_emb[users], self.user_content[users]
-        content_p, bias_p = self.item_terms(pos)
-        content_n, bias_n = self.item_terms(neg)
+        distinct, (at_p, at_n) = distinct_rows(pos, neg)  # each item projected once
+        content, bias = self.item_terms(distinct)
+        content_p, content_n, bias_p, bias_n = content[at_p], content[at_n], bias[at_p], bias[at_n]
         gp, gn = self.item_emb[pos], self.item_emb[neg]
         x_p = bias_p + (gu * gp).sum(1) + (tu * content_p).sum(1)
         x_n = bias_n + (gu * gn).sum(1) + (tu * content_n).sum(1)
