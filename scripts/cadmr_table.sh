@@ -9,9 +9,12 @@
 #    pretraining phase IS the autoencoder, so its best values are CADMR's too).
 #    `cadmr_paper` picks its own positive weight from the same values, with the paper's
 #    settings otherwise.
-# 2. Each seed trains: kernel_ae; cadmr (our defaults); cadmr-tc (the paper's TC weight
-#    0.5); cadmr-no-ca (without cross-attention: each item's own value vector); cadmr-ca-only
-#    (the attention output alone, as the paper, no skip of the item's own value);
+# 2. Each seed trains: kernel_ae; cadmr (our defaults: rating-valued attention over each
+#    item's 10 nearest items by features); cadmr-tc (the paper's TC weight 0.5);
+#    cadmr-no-ca (without cross-attention: each item's own value vector); cadmr-all-items
+#    (rating-valued attention over every item); cadmr-fv (feature-valued attention over
+#    every item plus the item's own value: our default before rating values);
+#    cadmr-fv-ca-only (the paper's attention: feature values, the attention output alone);
 #    cadmr_paper; ease (its lambda grid); lightgcn and, where the data has features,
 #    freedom (defaults). HEADS="1 2 8" adds cadmr-headsH runs for the first seed;
 #    SKIP="lightgcn freedom ..." leaves those runs out (e.g. references already measured).
@@ -51,7 +54,10 @@ declare -A variants=(
   [cadmr]="cadmr $ours"
   [cadmr-tc]="cadmr $ours --set params.tc_weight=0.5"
   [cadmr-no-ca]="cadmr $ours --set params.use_attention=false"
-  [cadmr-ca-only]="cadmr $ours --set params.value_skip=false"
+  [cadmr-all-items]="cadmr $ours --set params.attention_neighbours=0"
+  [cadmr-fv]="cadmr $ours --set params.attention_values=features --set params.attention_neighbours=0"
+  [cadmr-fv-ca-only]="cadmr $ours --set params.attention_values=features \
+    --set params.attention_neighbours=0 --set params.value_skip=false"
   [cadmr_paper]="cadmr_paper $paper"
   [lightgcn]="lightgcn"
   [freedom]="freedom"
@@ -62,7 +68,8 @@ from cadmr.data.sources import resolve_dataset
 print(int(bool(resolve_dataset(sys.argv[1]).features)))" "$dataset")
 for seed in "${seeds[@]}"; do
   names=(kernel_ae lightgcn)
-  (( has_features )) && names+=(cadmr cadmr-tc cadmr-no-ca cadmr-ca-only cadmr_paper freedom)
+  (( has_features )) && names+=(cadmr cadmr-tc cadmr-no-ca cadmr-all-items cadmr-fv
+    cadmr-fv-ca-only cadmr_paper freedom)
   for v in "${names[@]}"; do
     out=$root/$v-seed$seed
     [[ -f $out/results.json ]] || skipped "$v" && continue

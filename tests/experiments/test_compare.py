@@ -193,7 +193,12 @@ def test_cli_ablation_and_heads(experiment, tmp_path, capsys):
         assert runs["CADMR"][0]["params"]["tc_weight"] == 0
         assert runs["with DRL (TC, lambda 0.5)"][0]["params"]["tc_weight"] == 0.5
         assert runs["w/o CA (own value only)"][0]["params"]["use_attention"] is False
-        assert runs["CA only (no value skip)"][0]["params"]["value_skip"] is False
+        assert (
+            runs["CA over every item (no neighbour limit)"][0]["params"]["attention_neighbours"]
+            == 0
+        )
+        paper_ca = runs["the paper's CA (feature values, no value skip)"][0]["params"]
+        assert paper_ca["attention_values"] == "features" and paper_ca["value_skip"] is False
         assert runs["paper's settings"][0]["params"]["tc_weight"] == 0.5  # cadmr_paper
         assert runs["paper's settings"][0]["params"]["input_dropout"] == 0
     else:

@@ -22,12 +22,14 @@ from cadmr.models.disentangle import (
     gaussian_total_correlation,
 )
 from cadmr.models.kernel_ae import KernelAE, KernelAEParams
-from cadmr.train.checkpoint import load_model
+from cadmr.train.checkpoint import load_checkpoint, load_model, save_checkpoint
 from cadmr.train.resolve import resolve_run_config
 from cadmr.train.trainer import run
 
 SMALL = {"hidden": (16, 8), "latent_dim": 8, "modality_dim": 6, "extractor_hidden": 12}
 SMALL_MM = {"latent_dim": 32, "modality_dim": 32, "extractor_hidden": 64}
+# the paper's attention: values from the fused features, over every item
+FEATURE_VALUES = {"attention_values": "features", "attention_neighbours": 0}
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +179,9 @@ def test_constant_dimension_does_not_break_the_estimators():
 
 @pytest.mark.parametrize("norm", [False, True])
 def test_attention_rows_sum_to_one_and_match_the_fast_kernel(data, norm):
-    model = ready(data, phase="finetune", heads=4, attention_norm=norm, value_skip=False)
+    model = ready(
+        data, phase="finetune", heads=4, attention_norm=norm, value_skip=False, **FEATURE_VALUES
+    )
     items = np.array([0, 7, 39])
     weights = model.attention_weights(items)
     assert weights.shape == (4, 3, data.n_items)
@@ -234,8 +238,8 @@ def test_without_cross_attention_uses_each_items_own_value(data):
 
 
 def test_value_skip_adds_each_items_own_value_to_the_attention(data):
-    plain = ready(data, phase="finetune", value_skip=False)
-    skip = ready(data, phase="finetune", value_skip=True)
+    plain = ready(data, phase="finetune", value_skip=False, **FEATURE_VALUES)
+    skip = ready(data, phase="finetune", value_skip=True, **FEATURE_VALUES)
     plain.eval()
     skip.eval()
     with torch.no_grad():
@@ -243,6 +247,58 @@ def test_value_skip_adds_each_items_own_value_to_the_attention(data):
         fused = skip.fuse(skip.modality_codes())
         want = plain.context(items, fused) + plain.attention.value(fused[items])
         torch.testing.assert_close(skip.context(items, fused), want)
+
+
+def test_candidates_are_each_items_nearest_other_items_by_features(data):
+    model = ready(data, phase="finetune", attention_neighbours=5)
+    x = np.concatenate(
+        [
+            (f - f.mean(0)) / np.linalg.norm(f - f.mean(0), axis=1, keepdims=True)
+            for f in (data.features[m] for m in model.modalities)
+        ],
+        axis=1,
+    )
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    assert model.candidates.shape == (data.n_items, 5)
+    for i, got in enumerate(model.candidates.numpy()):
+        assert set(got) == set(np.argsort(-sim[i])[:5])
+
+
+def test_rated_attention_mixes_the_candidates_training_rows(data):
+    """attention_values="ratings": weights sum to one over the item's candidates (never
+    itself), and the refinement adds sum_h gate_h A_h R to R + FFN(V_i)."""
+    model = ready(data, phase="finetune", attention_neighbours=5, heads=4)
+    model.eval()
+    with torch.no_grad():
+        model.attention.gates.copy_(torch.tensor([0.5, -1.0, 2.0, 0.3]))
+        model.ffn.weight.normal_(std=0.1)
+        items = np.array([0, 7, 39, 7])
+        weights = model.attention_weights(items)  # (heads, B, I)
+        torch.testing.assert_close(weights.sum(dim=-1), torch.ones(4, 4))
+        outside = torch.ones(4, data.n_items, dtype=torch.bool)
+        outside[torch.arange(4)[:, None], model.candidates[items]] = False
+        assert (weights[:, outside] == 0).all() and (weights[:, ~outside] > 0).all()
+        mixed = torch.einsum("h,hbi->bi", model.attention.gates, weights)
+        ratings = torch.from_numpy(model.item_user.toarray())
+        fused = model.fuse(model.modality_codes())
+        own = model.ffn(model.attention.value(fused[items]))
+        want = ratings[items] + own + mixed @ ratings
+        torch.testing.assert_close(model.refine(items, fused), want, rtol=1e-5, atol=1e-5)
+
+
+def test_rated_attention_over_every_item_leaves_out_the_item_itself(data):
+    model = ready(data, phase="finetune", attention_neighbours=0)
+    items = np.array([3, 12])
+    weights = model.attention_weights(items)
+    assert weights.shape == (4, 2, data.n_items)
+    assert (weights[:, [0, 1], items] == 0).all()
+    assert (weights.sum(dim=-1) - 1).abs().max() < 1e-5 and (weights > 0).sum() == 4 * 2 * 39
+
+
+def test_attention_neighbours_need_rating_values():
+    with pytest.raises(ValueError, match="attention_neighbours applies"):
+        CADMRParams(attention_values="features", attention_neighbours=5)
 
 
 def test_denoising_hides_the_same_entries_from_the_query_and_the_input(data, monkeypatch):
@@ -276,7 +332,7 @@ def test_active_init_scales_the_query_like_the_first_layer(data):
 
 def test_scoring_attends_in_query_blocks(data, monkeypatch):
     """Never an I x I attention: the query side is at most ``scoring_block`` items."""
-    model = ready(data, phase="finetune")
+    model = ready(data, phase="finetune", **FEATURE_VALUES)
     model.scoring_block = 7
     seen = []
     real = torch.nn.functional.scaled_dot_product_attention
@@ -423,6 +479,7 @@ def test_explanations(data, tmp_path):
     assert exp.attended[0][0] == int(full.argmax())
     assert set(exp.modalities) == {"image", "text"}
     assert sum(exp.modalities.values()) == pytest.approx(1.0)
+    assert exp.uniform == pytest.approx(1 / 10)  # over its 10 neighbours (the default)
 
     user = model.explain_user(0, k=4, top=3)
     recommended = [i for i, _ in user.recommended]
@@ -434,11 +491,28 @@ def test_explanations(data, tmp_path):
     with torch.no_grad():  # a zero refinement: no modality changes the scores
         model.ffn.weight.zero_()
         model.ffn.bias.zero_()
+        model.attention.gates.zero_()
     assert set(model.explain_user(0, k=4).modalities.values()) == {0.0}
 
     pretrained, _ = load_model(tmp_path / "best-pretrain.pt", data)
     with pytest.raises(ValueError, match="fine-tuned"):
         pretrained.explain_item(0)
+
+
+def test_checkpoints_from_before_rating_values_load_with_feature_values(data, tmp_path):
+    cfg = resolve_run_config(
+        "cadmr",
+        "d",
+        extra={"train": {"epochs": 1, "progress": False}, "params": {**SMALL, **FEATURE_VALUES}},
+    )
+    results = run(cfg, data, tmp_path, echo=False)
+    ck = load_checkpoint(results["checkpoint"])
+    for key in FEATURE_VALUES:  # as a checkpoint saved before these parameters existed
+        del ck["params"][key]
+    save_checkpoint(tmp_path / "old.pt", ck)
+    model, _ = load_model(tmp_path / "old.pt", data)
+    assert model.params.attention_values == "features" and not model.rated_attention
+    assert CADMR.saved_params({"attention_values": "ratings"})["attention_values"] == "ratings"
 
 
 def test_kernel_ae_params_are_a_subset():

@@ -93,7 +93,10 @@ ABLATION = {
     "CADMR": "cadmr",
     "with DRL (TC, lambda 0.5)": "cadmr:tc_weight=0.5",
     "w/o CA (own value only)": "cadmr:use_attention=false",
-    "CA only (no value skip)": "cadmr:value_skip=false",
+    "CA over every item (no neighbour limit)": "cadmr:attention_neighbours=0",
+    "the paper's CA (feature values, no value skip)": (
+        "cadmr:attention_values=features,attention_neighbours=0,value_skip=false"
+    ),
     "paper's settings": "cadmr_paper",
 }
 

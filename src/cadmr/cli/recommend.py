@@ -140,9 +140,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"{subject} ({dataset.name}, {model.params.heads} heads)")
     if exp.recommended:
         print("recommended: " + ", ".join(f"{named(i)} ({s:.3f})" for i, s in exp.recommended))
+    over = f"heads and the {len(exp.recommended)} recommended items" if exp.recommended else "heads"
     print(
-        f"attended items (attention weight, mean over heads; uniform would be "
-        f"{1 / dataset.n_items:.4f}):"
+        f"attended items (attention weight, mean over {over}; uniform over one item's keys "
+        f"would be {exp.uniform:.4f}):"
     )
     for i, w in exp.attended:
         print(f"  {w:.4f}  item {named(i)}")

@@ -219,6 +219,13 @@ class Recommender(abc.ABC):
         """Whether the model with ``params`` ranks items without interactions."""
         return cls.scores_new_items
 
+    @classmethod
+    def saved_params(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """A checkpoint's saved parameters as this version reads them: a model whose
+        defaults changed fills in, for checkpoints saved before, the values they were
+        trained with (default: unchanged)."""
+        return dict(data)
+
     def setup(
         self,
         train: sp.csr_matrix,

@@ -119,7 +119,7 @@ def load_model(
             f"{ck.get('dataset_fingerprint')}, this dataset {dataset.fingerprint()})"
         )
     cls = get_model_class(ck["config"]["model"])
-    params = from_dict(cls.params_cls, ck["params"], "params")
+    params = from_dict(cls.params_cls, cls.saved_params(ck["params"]), "params")
     model = cls(params, dataset.n_users, dataset.n_items, dataset.modalities)
     model.setup(dataset.train, dataset.features, LeakageGuard(dataset))
     if isinstance(model, TorchRecommender):

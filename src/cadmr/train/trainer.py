@@ -94,7 +94,7 @@ def check_capable(config: RunConfig, dataset: Dataset, trials: list[Any]) -> Non
         raise TrainingError(
             f"{cls.name} cannot rank items without interactions, which is all {dataset.name} "
             f"evaluates (a cold-item split); models that can: {capable}, and cadmr with "
-            "value_skip or without attention"
+            "rating-valued attention, value_skip or without attention"
         )
 
 
