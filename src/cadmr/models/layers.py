@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from cadmr.data.leakage import LeakageGuard
-from cadmr.models import kernel_pass
 from cadmr.models.graphs import sym_normalize
 
 
@@ -226,8 +225,16 @@ KERNEL_BLOCK_COLUMNS = 1 << 15
 COMPILED_CPU_PASS = True
 
 
+def _kernel_pass() -> Any:
+    """``kernel_pass``, imported on first use: numba adds about 0.25 s to the start-up of
+    every model, and only the local-kernel autoencoders run its loops."""
+    from cadmr.models import kernel_pass
+
+    return kernel_pass
+
+
 def _compiled(weight: torch.Tensor) -> bool:
-    return COMPILED_CPU_PASS and kernel_pass.supports(weight)
+    return COMPILED_CPU_PASS and _kernel_pass().supports(weight)
 
 
 class KernelWeight(torch.autograd.Function):
@@ -252,7 +259,7 @@ class KernelWeight(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ctx.save_for_backward(weight, u, v)
         if _compiled(weight):
-            return kernel_pass.forward(weight, u, v)
+            return _kernel_pass().forward(weight, u, v)
         out = torch.empty_like(weight)
         sq_w, sq_k = weight.new_zeros(()), weight.new_zeros(())
         for rows, cols, k, _ in _kernel_tiles(u, v):
@@ -274,7 +281,7 @@ class KernelWeight(torch.autograd.Function):
         two_gk = 2.0 * float(g_sq_k) if g_sq_k is not None else 0.0
         if _compiled(weight):
             g = g_out if g_out is not None else torch.zeros_like(weight)
-            return kernel_pass.backward(weight, u, v, g, two_gw, two_gk)
+            return _kernel_pass().backward(weight, u, v, g, two_gw, two_gk)
         d = u.shape[1]
         d_weight = torch.empty_like(weight)
         # with a column of ones, one product gives a @ v and a's row sums (for d_u), and
