@@ -2,17 +2,17 @@
 
 Usage:
     python benchmarks/cadmr_epoch.py [--datasets synthetic-baby lfm2k] [--threads 2]
-        [--batch-sizes 64 1024] [--max-batches 8] [--device cuda] [--models cadmr cadmr_paper]
+        [--batch-sizes 64 1024] [--max-batches 8] [--device cuda] [--models cadmr cadmr_paper ...]
 
-For each model (``cadmr``, default; ``cadmr_paper``: the paper's settings, to compare the
-two side by side in one run), dataset, phase (pretrain, finetune) and item batch size, a
-fresh process builds the dataset and the model with its defaults, times ``--max-batches``
-training steps after one warm-up step and extrapolates to a full epoch (exact when the
-epoch has no more batches), counts the matrix-product FLOPs of one step
-(``_machine.flop_counter``: sparse products by their non-zeros), measures the machine's
-fp32 matmul GFLOP/s in that process right after, and reports the dense-FLOP time (FLOPs /
-that rate), the epoch's multiple of it, and the peak resident memory of that process; a
-last table sums the two phases into each model's epoch.
+For each model (``cadmr``, default; ``cadmr_paper``: the paper's settings; or a variant,
+``cadmr:param=value,...``; several are run side by side, interleaved), dataset, phase
+(pretrain, finetune) and item batch size, a fresh process builds the dataset and the model
+with its defaults, times ``--max-batches`` training steps after one warm-up step and
+extrapolates to a full epoch (exact when the epoch has no more batches), counts the
+matrix-product FLOPs of one step (``_machine.flop_counter``: sparse products by their
+non-zeros), measures the machine's fp32 matmul GFLOP/s in that process right after, and
+reports the dense-FLOP time (FLOPs / that rate), the epoch's multiple of it, and the peak
+resident memory of that process; a last table sums the two phases into each model's epoch.
 The first line states the machine: cores, torch threads, fp32 matmul GFLOP/s and memory GB/s.
 With ``--device cuda`` CADMR trains on the GPU and the rates are the GPU's (its dense-FLOP
 time is then the GPU's fp32 bound).
@@ -27,10 +27,12 @@ import time
 
 import numpy as np
 import torch
+import yaml
 from _machine import flop_counter, machine_line, matmul_gflops, peak_rss_gib, sync
 
 from cadmr.data import LeakageGuard
 from cadmr.data.sources import resolve_dataset
+from cadmr.experiments.compare import parse_label
 from cadmr.models.base import batch_to
 from cadmr.train.loop import make_optimizer
 from cadmr.train.resolve import resolve_run_config
@@ -51,7 +53,13 @@ def measure(
     torch.set_num_threads(threads)
     retain_freed_memory()  # as the trainer does
     dataset = resolve_dataset(spec)
-    config = resolve_run_config(name, spec, extra={"train": {"batch_size": batch_size}})
+    model_name, sets, _ = parse_label(name)
+    params = {}
+    for kv in sets:  # "params.key=value", the value parsed as YAML as --set does
+        key, _, value = kv.removeprefix("params.").partition("=")
+        params[key] = yaml.safe_load(value)
+    extra = {"train": {"batch_size": batch_size}, "params": params}
+    config = resolve_run_config(model_name, spec, extra=extra)
     model = build_model(config, config.params, dataset)
     model.setup(dataset.train, dataset.features, LeakageGuard(dataset))
     model.to(device)
@@ -102,7 +110,13 @@ def main() -> None:
     parser.add_argument("--max-batches", type=int, default=8)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (train.device)")
-    parser.add_argument("--models", nargs="+", default=["cadmr"], help="cadmr and/or cadmr_paper")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["cadmr"],
+        help="cadmr, cadmr_paper, or a variant as MODEL:param=value,... (e.g. "
+        "cadmr:attention_values=features,attention_neighbours=0)",
+    )
     args = parser.parse_args()
 
     print(machine_line(args.threads, args.device))

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from cadmr.data import LeakageGuard
-from cadmr.models import get_model_class
-from cadmr.models import layers
+from cadmr.models import get_model_class, layers
 from cadmr.testing import small_dataset
 
 
@@ -47,8 +46,6 @@ def test_loss_and_gradients_match_the_per_row_projection(name, monkeypatch):
     monkeypatch.setattr(module, "distinct_rows", every_row)
     slow, slow_grads = loss_and_grads()
     torch.testing.assert_close(fast, slow)
-    assert fast_grads.keys() == slow_grads.keys() and any(
-        "projection" in n for n in fast_grads
-    )
+    assert fast_grads.keys() == slow_grads.keys() and any("projection" in n for n in fast_grads)
     for n in fast_grads:
         torch.testing.assert_close(fast_grads[n], slow_grads[n], msg=n)

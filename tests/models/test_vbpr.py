@@ -48,4 +48,3 @@ def test_l2_feature_norm_gives_each_modality_unit_rows(data):
     a, b = model.features[:, :3], model.features[:, 3:]  # modalities "a" (3-d), "b" (2-d)
     torch.testing.assert_close(a.norm(dim=1), torch.ones(data.n_items))
     torch.testing.assert_close(b.norm(dim=1), torch.ones(data.n_items))
-
