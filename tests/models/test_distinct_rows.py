@@ -3,6 +3,8 @@ compute the same loss and gradients as projecting every row of the batch."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -29,7 +31,7 @@ def test_distinct_rows_recovers_every_index():
 def test_loss_and_gradients_match_the_per_row_projection(name, monkeypatch):
     data = small_dataset()
     cls = get_model_class(name)
-    module = __import__(cls.__module__, fromlist=["distinct_rows"])
+    module = importlib.import_module(cls.__module__)
 
     def loss_and_grads():
         torch.manual_seed(0)
