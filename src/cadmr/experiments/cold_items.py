@@ -14,10 +14,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from cadmr.atomic import atomic_write_text
 from cadmr.data.dataset import Dataset
 from cadmr.experiments.compare import compare, parse_label
 from cadmr.experiments.tables import summarize, to_csv, to_markdown
-from cadmr.train.checkpoint import atomic_write_text
 
 COLD_MODELS = ("content_knn", "vbpr", "freedom", "lattice", "dragon", "cadmr")
 # searched on the cold split's validation instead of the model's grid: CADMR's item

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from cadmr.atomic import atomic_write_text
 from cadmr.config import RunConfig
 from cadmr.data.dataset import Dataset
 from cadmr.data.leakage import LeakageGuard
@@ -31,7 +32,7 @@ from cadmr.experiments.compare import compare
 from cadmr.markdown import markdown_table
 from cadmr.models import TorchRecommender
 from cadmr.train import load_model, resolve_run_config
-from cadmr.train.checkpoint import atomic_write_text, load_checkpoint
+from cadmr.train.checkpoint import load_checkpoint
 from cadmr.train.trainer import build_model, fit_trial, fitted_popularity
 
 

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cadmr.atomic import atomic_write_text
 from cadmr.experiments.tables import summarize, to_csv, to_markdown
-from cadmr.train.checkpoint import atomic_write_text
 
 RUN_FIELDS = ("seed", "params", "valid", "test", "best_epoch")
 

@@ -15,18 +15,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cadmr.atomic import atomic_write_text
 from cadmr.config import RunConfig, TrainConfig, to_dict
 from cadmr.data.dataset import Dataset
 from cadmr.errors import TrainingError
 from cadmr.eval.protocol import evaluate
 from cadmr.models import TorchRecommender
 from cadmr.models.base import batch_to
-from cadmr.train.checkpoint import (
-    atomic_write_text,
-    checkpoint_payload,
-    load_checkpoint,
-    save_checkpoint,
-)
+from cadmr.train.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
 from cadmr.train.distributed import data_parallel_loss
 from cadmr.train.reporting import format_metrics
 

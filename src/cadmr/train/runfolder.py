@@ -26,8 +26,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from cadmr.atomic import atomic_write_text
 from cadmr.errors import TrainingError
-from cadmr.train.checkpoint import atomic_write_text
 
 LOCK = ".lock"
 STATUS = "status.json"

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import yaml
 
+from cadmr.atomic import atomic_write_text
 from cadmr.config import RunConfig, to_dict
 from cadmr.data.dataset import Dataset
 from cadmr.data.leakage import LeakageGuard
@@ -50,12 +51,7 @@ from cadmr.models import (
     get_model_class,
 )
 from cadmr.train import runfolder
-from cadmr.train.checkpoint import (
-    atomic_write_text,
-    checkpoint_payload,
-    load_model,
-    save_checkpoint,
-)
+from cadmr.train.checkpoint import checkpoint_payload, load_model, save_checkpoint
 from cadmr.train.device import resolve_device
 from cadmr.train.distributed import rank_and_size
 from cadmr.train.loop import fit_iterative
