@@ -71,7 +71,7 @@ from cadmr.errors import CadmrValueError
 from cadmr.models.disentangle import TC_ESTIMATORS
 from cadmr.models.graphs import knn_neighbours
 from cadmr.models.kernel_ae import ItemBatch, KernelAE, KernelAEParams, paper_adam
-from cadmr.models.layers import shared_kernels, sparse_mm, to_torch_sparse
+from cadmr.models.layers import item_content, shared_kernels, sparse_mm, to_torch_sparse
 from cadmr.models.sampling import ShuffledBatches
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
@@ -435,14 +435,11 @@ class CADMR(KernelAE):
             self.candidates = self.feature_neighbours(self.params.attention_neighbours)
 
     def feature_neighbours(self, k: int) -> torch.Tensor:
-        """Each item's ``k`` nearest other items by features: (n_items, k) int64. Cosine
-        of the concatenated modalities, each centred and L2-normalised (so the mean of the
-        per-modality cosines; centring removes the direction all text embeddings share)."""
-        x = torch.cat(
-            [F.normalize(f - f.mean(dim=0), dim=1) for f in self.features.values()], dim=1
-        )
+        """Each item's ``k`` nearest other items by features: (n_items, k) int64, by the
+        cosine of ``item_content`` (the mean of the per-modality cosines of the centred
+        features; content k-NN's similarity)."""
         k = min(k, self.n_items - 1)
-        index, _ = knn_neighbours(x, k + 1)
+        index, _ = knn_neighbours(item_content(self.features, self.modalities), k + 1)
         other = index != torch.arange(self.n_items)[:, None]
         keep = other & (other.cumsum(dim=1) <= k)  # the first k that are not the item
         return index[keep].view(self.n_items, k).to(self.device)

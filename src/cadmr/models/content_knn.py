@@ -21,11 +21,10 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
 from cadmr.data.leakage import LeakageGuard
 from cadmr.models.base import ClosedFormRecommender
-from cadmr.models.layers import to_torch_sparse
+from cadmr.models.layers import item_content, to_torch_sparse
 
 
 @dataclass(frozen=True)
@@ -52,13 +51,8 @@ class ContentKNN(ClosedFormRecommender):
         self.features = features
 
     def fit(self) -> ContentKNN:
-        blocks = []
-        for m in self.modalities:
-            x = torch.from_numpy(np.array(self.features[m], dtype=np.float32))
-            if self.params.center:
-                x = x - x.mean(dim=0, keepdim=True)
-            blocks.append(F.normalize(x, dim=1))
-        self.item_features = F.normalize(torch.cat(blocks, dim=1), dim=1)  # (I, sum d_m)
+        # (I, sum d_m)
+        self.item_features = item_content(self.features, self.modalities, self.params.center)
         return self
 
     def item_vectors(self) -> torch.Tensor:

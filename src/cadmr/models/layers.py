@@ -430,6 +430,28 @@ def modality_features(
     return {m: feature_tensor(features[m], norm) for m in modalities}
 
 
+def item_content(
+    features: Mapping[str, np.ndarray | torch.Tensor],
+    modalities: Iterable[str],
+    center: bool = True,
+) -> torch.Tensor:
+    """Each item's modalities, each centred on the catalogue mean (``center``: text
+    encoders' vectors share a large common direction) and scaled to unit length, then
+    concatenated and scaled to unit length again, so every modality weighs the same in a
+    cosine: (I, sum d_m) float32. Content k-NN's item vectors and CADMR's neighbour graph."""
+    blocks = []
+    for m in modalities:
+        f = features[m]
+        if isinstance(f, torch.Tensor):
+            x = f.float()
+        else:  # a copy: the dataset's arrays are read-only
+            x = torch.from_numpy(np.array(f, dtype=np.float32))
+        if center:
+            x = x - x.mean(dim=0, keepdim=True)
+        blocks.append(F.normalize(x, dim=1))
+    return F.normalize(torch.cat(blocks, dim=1), dim=1)
+
+
 def id_embeddings(n_users: int, n_items: int, dim: int) -> tuple[nn.Parameter, nn.Parameter]:
     """User (n_users, dim) and item (n_items, dim) ID embeddings, Xavier-uniform, the users
     drawn first from torch's generator (assign them in this order to keep the models'
