@@ -27,7 +27,6 @@ import time
 
 import numpy as np
 import torch
-import yaml
 from _machine import flop_counter, machine_line, matmul_gflops, peak_rss_gib, sync
 
 from cadmr.data import LeakageGuard
@@ -53,13 +52,10 @@ def measure(
     torch.set_num_threads(threads)
     retain_freed_memory()  # as the trainer does
     dataset = resolve_dataset(spec)
-    model_name, sets, _ = parse_label(name)
-    params = {}
-    for kv in sets:  # "params.key=value", the value parsed as YAML as --set does
-        key, _, value = kv.removeprefix("params.").partition("=")
-        params[key] = yaml.safe_load(value)
-    extra = {"train": {"batch_size": batch_size}, "params": params}
-    config = resolve_run_config(model_name, spec, extra=extra)
+    model_name, sets, _ = parse_label(name)  # a variant's params as --set arguments
+    config = resolve_run_config(
+        model_name, spec, sets=sets, extra={"train": {"batch_size": batch_size}}
+    )
     model = build_model(config, config.params, dataset)
     model.setup(dataset.train, dataset.features, LeakageGuard(dataset))
     model.to(device)
