@@ -133,7 +133,7 @@ class EvalConfig:
             )
 
 
-METRIC_NAMES = frozenset({"recall", "ndcg", "precision", "map", "hit"})
+METRIC_NAMES = frozenset({"recall", "ndcg", "precision", "map", "hit", "mrr"})
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,10 @@ import pytest
 
 from cadmr.eval.metrics import (
     METRICS,
+    coverage_at_k,
     hit_rate_at_k,
     map_at_k,
+    mrr_at_k,
     ndcg_at_k,
     precision_at_k,
     ranking_metrics,
@@ -28,6 +30,7 @@ FUNCS = {
     "precision": precision_at_k,
     "map": map_at_k,
     "hit": hit_rate_at_k,
+    "mrr": mrr_at_k,
 }
 D2 = 1 / math.log2(3)  # gain of rank 2 = 0.6309297535714575
 D3 = 1 / math.log2(4)  # gain of rank 3 = 0.5
@@ -58,13 +61,14 @@ def one(metric: str, hits: list[int], n_rel: int, k: int) -> float:
 # k=5: still 2 hits.  recall = 2/3, precision = 2/5, hit = 1,
 #      NDCG: same DCG 1.5 and IDCG over min(5, 3) = 3 positions -> 0.7039180890341347,
 #      MAP  = (1 + 2/3) / min(5, 3) = 5/9.
+# MRR = 1 / rank of the first hit = 1 / 1 at every k.
 HITS_10100 = [1, 0, 1, 0, 0]
 
 
 @pytest.mark.parametrize(
     ("k", "expected"),
     [
-        (1, {"recall": 1 / 3, "precision": 1.0, "hit": 1.0, "ndcg": 1.0, "map": 1.0}),
+        (1, {"recall": 1 / 3, "precision": 1.0, "hit": 1.0, "ndcg": 1.0, "map": 1.0, "mrr": 1.0}),
         (
             3,
             {
@@ -73,6 +77,7 @@ HITS_10100 = [1, 0, 1, 0, 0]
                 "hit": 1.0,
                 "ndcg": 0.7039180890341347,  # 1.5 / 2.1309297535714575
                 "map": 5 / 9,
+                "mrr": 1.0,
             },
         ),
         (
@@ -83,6 +88,7 @@ HITS_10100 = [1, 0, 1, 0, 0]
                 "hit": 1.0,
                 "ndcg": 0.7039180890341347,  # 1.5 / 2.1309297535714575
                 "map": 5 / 9,
+                "mrr": 1.0,
             },
         ),
     ],
@@ -163,7 +169,7 @@ def test_more_relevant_than_k() -> None:
 def test_truncation_hit_at_rank_k_and_k_plus_1() -> None:
     # hits [0, 0, 1, 0], n_rel = 1: the only hit sits at rank 3.
     # k=3 (hit at rank K): recall = 1, hit = 1, precision = 1/3,
-    #      NDCG = (1/log2 4) / 1 = 0.5, MAP = P@3 * 1 / min(3, 1) = 1/3.
+    #      NDCG = (1/log2 4) / 1 = 0.5, MAP = P@3 * 1 / min(3, 1) = 1/3, MRR = 1/3.
     # k=2 (hit at rank K+1): nothing counted -> every metric 0.
     h = [0, 0, 1, 0]
     assert one("recall", h, 1, 3) == 1.0
@@ -171,6 +177,7 @@ def test_truncation_hit_at_rank_k_and_k_plus_1() -> None:
     assert one("precision", h, 1, 3) == pytest.approx(1 / 3)
     assert one("ndcg", h, 1, 3) == pytest.approx(0.5)
     assert one("map", h, 1, 3) == pytest.approx(1 / 3)
+    assert one("mrr", h, 1, 3) == pytest.approx(1 / 3)
     for metric in METRICS:
         assert one(metric, h, 1, 2) == 0.0, metric
 
@@ -187,6 +194,27 @@ def test_one_value_per_user_in_a_batch() -> None:
     np.testing.assert_allclose(map_at_k(hits, n_rel, 2), [1.0, 0.25, 0.0])
     np.testing.assert_allclose(precision_at_k(hits, n_rel, 2), [0.5, 0.5, 0.0])
     np.testing.assert_allclose(hit_rate_at_k(hits, n_rel, 2), [1.0, 1.0, 0.0])
+    # MRR: u0 first hit at rank 1 -> 1; u1 at rank 2 -> 1/2; u2 none -> 0
+    np.testing.assert_allclose(mrr_at_k(hits, n_rel, 2), [1.0, 0.5, 0.0])
+
+
+def test_mrr_counts_only_the_first_hit() -> None:
+    # hits [0, 1, 1, 1], n_rel 3: first hit at rank 2 -> 1/2 whatever follows, at k 2..4;
+    # at k = 1 nothing is counted -> 0
+    assert one("mrr", [0, 1, 1, 1], 3, 4) == 0.5
+    assert one("mrr", [0, 1, 1, 1], 3, 2) == 0.5
+    assert one("mrr", [0, 1, 1, 1], 3, 1) == 0.0
+
+
+def test_coverage_known_answer() -> None:
+    # 5 items whose best ranks over all users are 0, 3, 1, never (5), 0:
+    # in some top 1: items 0 and 4 -> 2/5; top 2: + item 2 -> 3/5; top 4: + item 1 -> 4/5
+    best = np.array([0, 3, 1, 5, 0])
+    assert coverage_at_k(best, 1) == pytest.approx(2 / 5)
+    assert coverage_at_k(best, 2) == pytest.approx(3 / 5)
+    assert coverage_at_k(best, 4) == pytest.approx(4 / 5)
+    with pytest.raises(ValueError, match="non-empty"):
+        coverage_at_k(np.array([]), 1)
 
 
 def test_ranking_metrics_keys_and_values() -> None:
@@ -255,6 +283,8 @@ def reference(metric: str, hits: np.ndarray, n_rel: int, k: int) -> float:
         dcg = sum(1 / math.log2(r + 2) for r, x in enumerate(h) if x)
         idcg = sum(1 / math.log2(r + 2) for r in range(min(k, n_rel)))
         return dcg / idcg
+    if metric == "mrr":
+        return next((1 / (r + 1) for r, x in enumerate(h) if x), 0.0)
     total, seen = 0.0, 0
     for r, x in enumerate(h):
         if x:

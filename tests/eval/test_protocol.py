@@ -108,6 +108,9 @@ def test_valid_split_known_answer() -> None:
     # precision@2 = (1/2 + 1/2 + 0) / 3 = 1/3;  precision@3 = (1/3 + 1/3 + 0) / 3 = 2/9
     # map@2       = (P@1 * 1 / 1 + P@2 * 1 / 1 + 0) / 3 = (1 + 1/2) / 3 = 0.5;  map@3 = 0.5
     # hit@1       = 1/3;  hit@2 = hit@3 = 2/3
+    # mrr@1       = (1 + 0 + 0) / 3 = 1/3;  mrr@2 = mrr@3 = (1 + 1/2 + 0) / 3 = 0.5
+    # coverage (users 0, 1, 2; top 3s 2,3,4 / 4,3,5 / 5,2,1 of 6 items):
+    #   top 1 {2, 4, 5} = 3/6; top 2 adds 3 -> 4/6; top 3 adds 1 -> 5/6 (item 0 never)
     expected = {
         "recall@1": 1 / 3,
         "recall@2": 2 / 3,
@@ -124,6 +127,12 @@ def test_valid_split_known_answer() -> None:
         "hit@1": 1 / 3,
         "hit@2": 2 / 3,
         "hit@3": 2 / 3,
+        "mrr@1": 1 / 3,
+        "mrr@2": 0.5,
+        "mrr@3": 0.5,
+        "coverage@1": 3 / 6,
+        "coverage@2": 4 / 6,
+        "coverage@3": 5 / 6,
     }
     assert out.pop("n_users") == 3
     assert set(out) == set(expected)
@@ -200,6 +209,27 @@ def test_cold_users_are_dropped_before_evaluation() -> None:
     )
     out = evaluate(FixedScores(SCORES), ds, "test", CFG)
     assert out["n_users"] == 1
+
+
+def test_coverage_on_a_cold_item_split_counts_the_split_s_items() -> None:
+    # items 4 and 5 are the validation's new items, 6 the test's; both users put 5 first
+    shape = (2, 7)
+    ds = Dataset.build(
+        "cold",
+        {
+            "train": csr([(0, 0), (0, 1), (1, 1), (1, 2)], shape),
+            "valid": csr([(0, 4), (1, 5)], shape),
+            "test": csr([(0, 6)], shape),
+        },
+        cold_items={"valid": np.array([4, 5]), "test": np.array([6])},
+    )
+    scores = [[0, 0, 0, 9, 1, 2, 3], [0, 0, 0, 9, 1, 2, 3]]
+    out = evaluate(FixedScores(scores), ds, "valid", CFG)
+    # ranked: the two new items only, 5 then 4 for both users -> top 1 covers 1 of 2
+    assert out["coverage@1"] == 0.5 and out["coverage@2"] == 1.0
+    mixed = evaluate(FixedScores(scores), ds, "valid", CFG, mixed=True)
+    # every item ranked, training items masked: u0 3, 6, 5; u1 3, 6, 5 -> 1, 2, 3 of 7
+    assert [mixed[f"coverage@{k}"] for k in (1, 2, 3)] == pytest.approx([1 / 7, 2 / 7, 3 / 7])
 
 
 def test_cutoffs_above_n_items_rank_the_whole_catalogue() -> None:

@@ -119,6 +119,16 @@ def test_summary_known_answer():
     assert lines[1].startswith("a,0 1,0.300000,0.141421")
 
 
+def test_summary_shows_a_metric_the_results_predate_as_a_dash():
+    # _result records no MRR or coverage (results written before they existed)
+    new = _result(0, 0.2, 0.1)
+    new["test"] |= {"mrr@10": 0.15, "coverage@20": 0.4}
+    rows = summarize({"old": [_result(0, 0.2, 0.1)], "new": [new]})
+    md = to_markdown(rows).splitlines()
+    assert md[0].endswith("| MRR@10 | cov@20 | R@10/N@10 | s/epoch |")
+    assert "| 0.1000 | - | - | 2.00 |" in md[2] and "| 0.1500 | 0.4000 | 2.00 |" in md[3]
+
+
 def test_cli_compare_writes_the_three_tables(tmp_path, capsys):
     out, cache = tmp_path / "tables", tmp_path / "cache"
     args = ["experiment", "compare", "-d", "synthetic-tiny", "-m", "ease", "bpr", "--seeds", "2"]

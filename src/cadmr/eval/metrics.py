@@ -10,13 +10,17 @@ Definitions follow the MMRec toolbox so that our tables compare with the literat
 - HitRate@K   = 1 if any hit in top K
 - NDCG@K      = sum_r hit_r / log2(r + 1)  /  sum_{r <= min(K, n_rel)} 1 / log2(r + 1)
 - MAP@K       = sum_r P@r * hit_r / min(K, n_rel)
+- MRR@K       = 1 / rank of the first hit in top K (0 without one)
+
+Catalogue coverage@K is not a per-user metric; ``coverage_at_k`` computes it from the best
+rank each item reached over all users (the protocol accumulates it batch by batch).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-METRICS = ("recall", "ndcg", "precision", "map", "hit")
+METRICS = ("recall", "ndcg", "precision", "map", "hit", "mrr")
 
 
 def _check(hits: np.ndarray, n_rel: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,12 +64,31 @@ def map_at_k(hits: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
     return (prec * h).sum(axis=1) / np.minimum(n, k)
 
 
+def mrr_at_k(hits: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
+    h, _ = _check(hits, n_rel, k)
+    first = h.argmax(axis=1)  # 0 for a row without hits too; masked below
+    return np.where(h.any(axis=1), 1.0 / (first + 1), 0.0)
+
+
+def coverage_at_k(best_rank: np.ndarray, k: int) -> float:
+    """Share of the ranked catalogue that is in at least one user's top K.
+
+    ``best_rank`` holds, for every item that could be ranked, the best (0-based) rank it
+    reached in any evaluated user's list (``len(best_rank)`` or more for never listed).
+    A model that recommends the same head items to everyone has low coverage."""
+    best_rank = np.asarray(best_rank)
+    if best_rank.ndim != 1 or len(best_rank) == 0:
+        raise ValueError(f"best_rank must be a non-empty vector, got shape {best_rank.shape}")
+    return float((best_rank < k).mean())
+
+
 _FUNCS = {
     "recall": recall_at_k,
     "ndcg": ndcg_at_k,
     "precision": precision_at_k,
     "map": map_at_k,
     "hit": hit_rate_at_k,
+    "mrr": mrr_at_k,
 }
 
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from cadmr.config import EvalConfig
 from cadmr.data.dataset import Dataset
-from cadmr.eval.metrics import METRICS, ranking_metrics
+from cadmr.eval.metrics import METRICS, coverage_at_k, ranking_metrics
 from cadmr.models.base import Recommender, ranked_topk
 
 
@@ -62,9 +62,10 @@ def evaluate(
             instead of the split's cold items only (data/cold.py); no effect otherwise.
 
     Returns:
-        ``{"recall@20": ..., "ndcg@10": ..., ..., "n_users": ...}`` (means over users;
-        NaN when no user has an item in the split). A cut-off larger than the catalogue
-        ranks every item.
+        ``{"recall@20": ..., "ndcg@10": ..., ..., "coverage@20": ..., "n_users": ...}``
+        (means over users, NaN when no user has an item in the split; ``coverage@K`` is
+        the share of the ranked items, the split's cold items on a cold-item split, in at
+        least one user's top K). A cut-off larger than the catalogue ranks every item.
     """
     if split not in ("valid", "test"):
         raise ValueError(f"evaluate on 'valid' or 'test', not {split!r}")
@@ -83,6 +84,8 @@ def evaluate(
     ks = config.ks
     n_top = min(max(ks), dataset.n_items)  # a cut-off beyond the catalogue ranks it all
     sums: dict[str, float] = dict.fromkeys((f"{m}@{k}" for m in METRICS for k in ks), 0.0)
+    # best 0-based rank each item reached in any user's list, for catalogue coverage
+    best_rank = np.full(dataset.n_items, n_top, dtype=np.int64)
     was_training = getattr(model, "training", False)
     if isinstance(model, torch.nn.Module):
         model.eval()
@@ -94,7 +97,10 @@ def evaluate(
                 batch = users[start : start + config.batch_size]
                 # (B, n_top) each; raises on a wrong score shape or a NaN score in any block
                 _, top = ranked_topk(model, batch, n_top, exclude, candidates)
-                hits = hits_matrix(top.cpu().numpy(), batch, relevant)  # (B, n_top)
+                top_np = top.cpu().numpy()
+                ranks = np.broadcast_to(np.arange(top_np.shape[1]), top_np.shape)
+                np.minimum.at(best_rank, top_np.ravel(), ranks.ravel())
+                hits = hits_matrix(top_np, batch, relevant)  # (B, n_top)
                 if n_top < max(ks):
                     hits = np.pad(hits, ((0, 0), (0, max(ks) - n_top)))
                 for key, vals in ranking_metrics(hits, n_rel_all[batch], ks).items():
@@ -104,5 +110,8 @@ def evaluate(
             model.train()
     n = len(users)
     out = {k: (v / n if n else float("nan")) for k, v in sums.items()}
+    ranked = best_rank if candidates is None else best_rank[candidates]
+    for k in ks:
+        out[f"coverage@{k}"] = coverage_at_k(ranked, k) if n and len(ranked) else float("nan")
     out["n_users"] = len(users)
     return out

@@ -8,6 +8,8 @@ from cadmr.config import to_dict
 from cadmr.markdown import markdown_table
 
 HEADLINE = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+# results tables add MRR@10 and catalogue coverage@20 (docs/protocol.md)
+TABLE_METRICS = (*HEADLINE, "mrr@10", "coverage@20")
 
 
 def format_metrics(metrics: dict[str, float], keys: tuple[str, ...] = HEADLINE) -> str:
@@ -20,7 +22,7 @@ def format_params(params: Any) -> str:
     return " ".join(f"{k}={v}" for k, v in to_dict(params).items())
 
 
-def results_markdown(rows: list[dict[str, Any]], keys: tuple[str, ...] = HEADLINE) -> str:
+def results_markdown(rows: list[dict[str, Any]], keys: tuple[str, ...] = TABLE_METRICS) -> str:
     """A Markdown table of test metrics with the Recall@10 / NDCG@10 ratio (docs/protocol.md).
 
     A popularity reference row is added from the first result that carries one, so every
@@ -33,7 +35,9 @@ def results_markdown(rows: list[dict[str, Any]], keys: tuple[str, ...] = HEADLIN
         t = r["test"]
         ratio = t["recall@10"] / t["ndcg@10"] if t.get("ndcg@10") else float("nan")
         cells = [name, r["dataset"], str(r["seed"]), epoch]
-        return cells + [f"{t[k]:.4f}" for k in keys] + [f"{ratio:.2f}", valid, secs]
+        # "-" for a metric the results predate
+        values = [f"{t[k]:.4f}" if k in t else "-" for k in keys]
+        return cells + values + [f"{ratio:.2f}", valid, secs]
 
     body = [
         row(
