@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from cadmr.cli import main
 from cadmr.cli.experiment import ABLATION
 from cadmr.data.synthetic import make_synthetic
 from cadmr.experiments import compare, run_key, summarize, to_csv, to_markdown
+from cadmr.experiments.compare import MG_ALPHA2
 from cadmr.train import resolve_run_config
 
 SETS = ("train.epochs=2",)
@@ -52,20 +54,43 @@ def test_finished_runs_are_reused_and_new_ones_added(tiny, tmp_path, counted_run
 
 
 def test_mirror_gradient_label_reuses_the_base_selection(tiny, tmp_path, counted_runs):
-    runs = compare(tiny, "synthetic-tiny", ["bpr+mg"], [0], root=tmp_path, **KW)
-    base = compare(tiny, "synthetic-tiny", ["bpr"], [0], root=tmp_path, **KW)
-    assert counted_runs == [("bpr", 0), ("bpr", 0)]  # the base grid once, then the MG run
-    mg = runs["bpr+mg"][0]
-    assert mg["config"]["train"]["mirror_gradient"] is True and "search" not in mg
-    assert mg["params"] == base["bpr"][0]["params"]
+    kw = {**KW, "select": "first"}
+    runs = compare(tiny, "synthetic-tiny", ["bpr+mg"], [0, 1], root=tmp_path, **kw)
+    base = compare(tiny, "synthetic-tiny", ["bpr"], [0, 1], root=tmp_path, **kw)
+    # the base grid once on seed 0, MG at each alpha_2 of MG_ALPHA2 on seed 0, seed 1's MG
+    # run at the chosen alpha_2; then the base call trains seed 1 only (seed 0 is cached)
+    assert counted_runs == [("bpr", 0)] + [("bpr", 0)] * len(MG_ALPHA2) + [("bpr", 1)] * 2
+    first, second = runs["bpr+mg"]
+    for mg in (first, second):
+        assert mg["config"]["train"]["mirror_gradient"] is True and "search" not in mg
+        assert mg["params"] == base["bpr"][0]["params"]
+    alpha2 = first["config"]["train"]["mirror_alpha2"]
+    assert alpha2 in MG_ALPHA2 and second["config"]["train"]["mirror_alpha2"] == alpha2
+    metric = first["config"]["eval"]["valid_metric"]
+    trials = [r for r in _cached(tmp_path) if r["config"]["train"]["mirror_gradient"]]
+    best = max((r for r in trials if r["seed"] == 0), key=lambda r: r["valid"][metric])
+    assert best["config"]["train"]["mirror_alpha2"] == alpha2
+
+
+def _cached(root):
+    return [json.loads(p.read_text()) for p in Path(root).rglob("results.json")]
+
+
+def test_a_given_mirror_alpha2_is_not_searched(tiny, tmp_path, counted_runs):
+    kw = {**KW, "sets": [*KW.get("sets", ()), "train.mirror_alpha2=0.5"]}
+    runs = compare(tiny, "synthetic-tiny", ["bpr+mg"], [0], root=tmp_path, **kw)
+    assert counted_runs == [("bpr", 0), ("bpr", 0)]
+    assert runs["bpr+mg"][0]["config"]["train"]["mirror_alpha2"] == 0.5
 
 
 def test_select_first_trains_the_first_seeds_selection(tiny, tmp_path, counted_runs):
     grid = ["search.reg_weight=[0.5,0.0001]"]
     kw = {**KW, "sets": [*SETS, *grid], "root": tmp_path}
     runs = compare(tiny, "synthetic-tiny", ["bpr", "bpr+mg"], [0, 1], select="first", **kw)
-    # one search (seed 0), then seed 1 and both MG runs at its selection
-    assert sorted(counted_runs) == [("bpr", 0), ("bpr", 0), ("bpr", 1), ("bpr", 1)]
+    # one search (seed 0), then seed 1, and the MG runs at its selection: one per alpha_2 on
+    # seed 0, one on seed 1
+    mg = len(MG_ALPHA2)
+    assert sorted(counted_runs) == [("bpr", 0)] * (1 + mg) + [("bpr", 1)] * 2
     first, second = runs["bpr"]
     assert len(first["search"]) == 2 and "search" not in second
     assert second["params"] == first["params"] and second["seed"] == 1
