@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -120,14 +121,7 @@ def compare(
         base = label.replace(MG, "", 1)
         params = selection(base, seed, run_sets)  # searches (cached) where it must
         no_search = [kv for kv in run_sets if not kv.startswith("search.")]
-
-        def train(seed: int, mirror: dict[str, Any] | None = None) -> dict[str, Any]:
-            extra: dict[str, Any] = {"params": dict(params), "search": {}}
-            if mirror is not None:
-                extra["train"] = {"mirror_gradient": True, **mirror}
-            config = resolve_run_config(model, spec, sets=no_search, seed=seed, extra=extra)
-            return cached_run(_quiet(config), dataset, root)
-
+        train = functools.partial(_train, dataset, spec, root, model, params, no_search)
         if not mg and (base, seed) in searched:  # this run is the search itself
             out = searched[base, seed]
         elif not mg:
@@ -146,6 +140,25 @@ def compare(
     if own:
         bar.close()
     return results
+
+
+def _train(
+    dataset: Dataset,
+    spec: str,
+    root: str | Path,
+    model: str,
+    params: Mapping[str, Any],
+    sets: list[str],
+    seed: int,
+    mirror: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One cached run of ``model`` at ``params`` without a search; with ``mirror``, Mirror
+    Gradient on with those train settings."""
+    extra: dict[str, Any] = {"params": dict(params), "search": {}}
+    if mirror is not None:
+        extra["train"] = {"mirror_gradient": True, **mirror}
+    config = resolve_run_config(model, spec, sets=sets, seed=seed, extra=extra)
+    return cached_run(_quiet(config), dataset, root)
 
 
 def _valid_score(results: Mapping[str, Any]) -> float:
