@@ -4,6 +4,8 @@ Usage:
     python benchmarks/vs_mmrec.py --mmrec ../shared/peers/mmrec \
         [--mmrec-python ~/mmrec-venv/bin/python] [--dataset lfm2k] [--modalities text audio] \
         [--models lightgcn vbpr freedom ...] [--epochs 6] [--repeats 1]
+    python benchmarks/vs_mmrec.py --mmrec ../shared/peers/mmrec --quality [--patience 20] \
+        [--variant raw:params.feature_norm=none ...] [--mmrec-set KEY=VALUE ...]
 
 Set-up of MMRec's interpreter: ../shared/peers/README.md. Without ``--mmrec`` the script says
 so and exits 0 (nothing to compare).
@@ -20,6 +22,13 @@ theirs, then theirs, ours on the next repetition). Per model it prints: seconds 
 epoch (median of epochs 2-5, or of every epoch after the first when fewer), seconds per
 validation pass (median), MMRec's time divided by ours, each process's CPU seconds, wall
 seconds and peak resident memory (``/usr/bin/time``), and both test Recall@20.
+
+``--quality`` compares what each side learns instead (issue 23): both early-stop on
+validation Recall@20 with ``--patience`` (default 20) within ``--epochs`` (then default 1000),
+at the same matched hyper-parameters, and the table gives each side's best validation and
+test Recall@20 and best epoch. Our default configuration is one column; each ``--variant
+NAME:KEY=VALUE,...`` adds a column of ours with those ``--set`` overrides (e.g. MMRec's
+behaviour where ours deviates); ``--mmrec-set KEY=VALUE`` changes MMRec's configuration.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import yaml
 from _machine import machine_line
 
 from cadmr.data.sources import resolve_dataset
@@ -125,15 +135,23 @@ def median_epochs(seconds: list[float]) -> float:
 
 
 def run_ours(
-    model: str, data: Path, epochs: int, work: Path, src: Path | None = None
+    model: str,
+    data: Path,
+    epochs: int,
+    work: Path,
+    src: Path | None = None,
+    patience: int | None = None,
+    sets: tuple[str, ...] = (),
+    tag: str = "",
 ) -> dict[str, float]:
     """``cadmr train`` of this checkout, or of the package under ``src`` (an earlier
-    commit's checkout, to time before and after)."""
-    out = work / f"ours-{model}"
+    commit's checkout, to time before and after); ``sets`` are extra ``--set`` overrides,
+    ``tag`` names the variant's folder and log."""
+    out = work / f"ours-{model}{tag}"
     shutil.rmtree(out, ignore_errors=True)
     settings = {
         "train.epochs": epochs,
-        "train.patience": epochs + 1,
+        "train.patience": patience or epochs + 1,
         "train.batch_size": BATCH,
         "train.num_threads": 1,
         "params.embedding_size": EMBEDDING,
@@ -153,47 +171,70 @@ def run_ours(
     ]
     for key, value in settings.items():
         cmd += ["--set", f"{key}={value}"]
+    for kv in sets:
+        cmd += ["--set", kv]
     env = {"PYTHONPATH": str(src / "src")} if src else {}
-    result = timed(cmd, ROOT, work / f"ours-{model}.log", **env)
+    result = timed(cmd, ROOT, work / f"ours-{model}{tag}.log", **env)
     lines = (out / "history.jsonl").read_text().splitlines()
     history = [json.loads(line) for line in lines]
     history = [h for h in history if "train_seconds" in h]
-    test = json.loads((out / "results.json").read_text())["test"]["recall@20"]
+    results = json.loads((out / "results.json").read_text())
     return {
         **result,
         "epoch": median_epochs([h["train_seconds"] for h in history]),
         "valid": statistics.median(h["eval_seconds"] for h in history),
-        "recall": test,
+        "recall": results["test"]["recall@20"],
+        "valid_recall": results["valid"]["recall@20"],
+        "best_epoch": results["best_epoch"],
     }
 
 
 def run_mmrec(
-    model: str, name: str, data: Path, epochs: int, work: Path, python: str, src: Path
+    model: str,
+    name: str,
+    data: Path,
+    epochs: int,
+    work: Path,
+    python: str,
+    src: Path,
+    patience: int | None = None,
+    overrides: dict[str, object] | None = None,
 ) -> dict[str, float]:
     mm_name, grid = MATCHED[model]
     config = {
         "data_path": str(data) + "/",
         "epochs": epochs,
-        "stopping_step": epochs + 1,
+        "stopping_step": patience or epochs + 1,
         "train_batch_size": BATCH,
         "embedding_size": EMBEDDING,
         "seed": [0],
         "use_gpu": False,
         **grid,
+        **(overrides or {}),
     }
     log = work / f"mmrec-{model}.log"
     result = timed([python, "-c", MMREC_DRIVER, mm_name, name, json.dumps(config)], src, log)
     text = log.read_text()
     train = [float(t) for t in re.findall(r"epoch \d+ training \[time: ([0-9.]+)s", text)]
     valid = [float(t) for t in re.findall(r"epoch \d+ evaluating \[time: ([0-9.]+)s", text)]
-    best = text.rsplit("Test:", 1)[-1]
-    recall = re.search(r"recall@20: ([0-9.]+)", best)
+    score = r"evaluating \[time: [0-9.]+s, valid_score: ([0-9.]+)"
+    scores = [float(t) for t in re.findall(score, text)]
     return {
         **result,
         "epoch": median_epochs(train),
         "valid": statistics.median(valid) if valid else float("nan"),
-        "recall": float(recall.group(1)) if recall else float("nan"),
+        # the final summary block: "Valid: {...recall@20: x...},\nTest: {...}"
+        "recall": _last_recall(text, "Test:"),
+        "valid_recall": _last_recall(text, "Valid:"),
+        # MMRec counts epochs from 0, as we do
+        "best_epoch": int(np.argmax(scores)) if scores else -1,
     }
+
+
+def _last_recall(text: str, marker: str) -> float:
+    """recall@20 in the last block of MMRec's log that starts with ``marker``."""
+    found = re.search(r"recall@20: ([0-9.]+)", text.rsplit(marker, 1)[-1])
+    return float(found.group(1)) if found else float("nan")
 
 
 def prepare_mmrec(
@@ -228,8 +269,26 @@ def main() -> None:
     parser.add_argument("--dataset", default="lfm2k")
     parser.add_argument("--modalities", nargs="+", default=["text", "audio"])
     parser.add_argument("--models", nargs="+", default=list(MATCHED), choices=list(MATCHED))
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, help="epoch budget (default 6; 1000 with --quality)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--quality", action="store_true", help="train to early stopping and compare recall"
+    )
+    parser.add_argument("--patience", type=int, default=20, help="with --quality")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="with --quality: one more column of ours with these --set overrides",
+    )
+    parser.add_argument(
+        "--mmrec-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override MMRec's configuration (value parsed as YAML)",
+    )
     parser.add_argument("--work", type=Path, help="keep logs and runs here (default: a temp dir)")
     parser.add_argument(
         "--ours-src",
@@ -238,6 +297,15 @@ def main() -> None:
         "commit, for before/after tables)",
     )
     args = parser.parse_args()
+    if args.epochs is None:
+        args.epochs = 1000 if args.quality else 6
+    variants = [parse_variant(v, parser) for v in args.variant]
+    mmrec_sets = {}
+    for kv in args.mmrec_set:
+        key, eq, value = kv.partition("=")
+        if not eq:
+            parser.error(f"--mmrec-set {kv!r}: expected KEY=VALUE")
+        mmrec_sets[key] = yaml.safe_load(value)
     if args.mmrec is None:
         print("no --mmrec checkout given: nothing to compare against (../shared/peers/README.md)")
         return
@@ -259,6 +327,9 @@ def main() -> None:
         ["git", "-C", str(ours), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     print(f"ours: {ours} at {commit or 'unknown commit'} (uncommitted changes included)")
+    if args.quality:
+        quality(args, variants, mmrec_sets, data, name, work, src)
+        return
     rows: dict[str, dict[str, list[dict[str, float]]]] = {}
     failed: dict[str, str] = {}
     for model in args.models:
@@ -278,6 +349,58 @@ def main() -> None:
             failed[model] = str(e)
         print(f"  {model} {'failed' if model in failed else 'done'}", file=sys.stderr, flush=True)
     print_table(rows, failed)
+
+
+def parse_variant(text: str, parser: argparse.ArgumentParser) -> tuple[str, tuple[str, ...]]:
+    """``NAME:KEY=VALUE,...`` -> (name, ``--set`` overrides)."""
+    name, colon, rest = text.partition(":")
+    sets = tuple(kv.strip() for kv in rest.split(",") if kv.strip())
+    if not colon or not name or not sets or any("=" not in kv for kv in sets):
+        parser.error(f"--variant {text!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
+    return name, sets
+
+
+def quality(
+    args: argparse.Namespace,
+    variants: list[tuple[str, tuple[str, ...]]],
+    mmrec_sets: dict[str, object],
+    data: Path,
+    name: str,
+    work: Path,
+    src: Path,
+) -> None:
+    """Each model trained to early stopping by MMRec, by ours and by each variant of ours;
+    a table of best validation Recall@20, the test Recall@20 there, and the best epoch."""
+    print(
+        f"quality: early stopping on validation Recall@20, patience {args.patience}, at most "
+        f"{args.epochs} epochs; MMRec overrides: {mmrec_sets or 'none'}"
+    )
+    columns = ["MMRec", "ours", *[v for v, _ in variants]]
+    head = "| model | " + " | ".join(f"{c} valid | test | epoch" for c in columns) + " |"
+    lines = [head, "|" + "---|" * (1 + 3 * len(columns))]
+    for model in args.models:
+        cells = [model]
+        for column in columns:
+            try:
+                if column == "MMRec":
+                    run = run_mmrec(
+                        model, name, data, args.epochs, work, args.mmrec_python, src,
+                        args.patience, mmrec_sets,
+                    )  # fmt: skip
+                else:
+                    sets = dict(variants).get(column, ())
+                    tag = "" if column == "ours" else f"-{column}"
+                    run = run_ours(
+                        model, data / name, args.epochs, work, args.ours_src, args.patience,
+                        sets, tag,
+                    )  # fmt: skip
+                cells += [f"{run['valid_recall']:.4f}", f"{run['recall']:.4f}"]
+                cells.append(str(run["best_epoch"]))
+            except RunFailed as e:
+                cells += [f"failed: {e}", "", ""]
+            print(f"  {model} {column} done", file=sys.stderr, flush=True)
+        lines.append("| " + " | ".join(cells) + " |")
+    print("\n".join(lines))
 
 
 def print_table(rows: dict[str, dict[str, list[dict[str, float]]]], failed: dict[str, str]) -> None:

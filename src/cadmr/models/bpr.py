@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,7 +17,7 @@ import torch
 
 from cadmr.data.leakage import LeakageGuard
 from cadmr.models.base import TorchRecommender
-from cadmr.models.layers import bpr_loss, id_embeddings, l2_per_example
+from cadmr.models.layers import bpr_loss, check_reg_form, embedding_penalty, id_embeddings
 from cadmr.models.sampling import ShuffledBatches, TripletBatch, TripletSampler
 
 
@@ -26,14 +26,18 @@ class BPRParams:
     """Attributes:
     embedding_size: Dimension of user and item factors.
     reg_weight: Weight of the L2 penalty on the batch's user/item factors.
+    reg_form: "squared" (squared norms per example, the BPR paper's) or "norm" (MMRec's
+        EmbLoss: unsquared Frobenius norms over the batch size; docs/baselines.md).
     """
 
     embedding_size: int = 64
     reg_weight: float = 1e-5
+    reg_form: Literal["squared", "norm"] = "squared"
 
     def __post_init__(self) -> None:
         if self.embedding_size <= 0 or self.reg_weight < 0:
             raise ValueError("embedding_size must be > 0 and reg_weight >= 0")
+        check_reg_form(self.reg_form)
 
 
 class BPRMF(TorchRecommender):
@@ -66,7 +70,8 @@ class BPRMF(TorchRecommender):
         p = self.item_emb[batch.pos]
         n = self.item_emb[batch.neg]
         ranking = bpr_loss((u * p).sum(1), (u * n).sum(1))
-        return ranking + self.params.reg_weight * l2_per_example(u, p, n)
+        reg = embedding_penalty(self.params.reg_form, u, p, n)
+        return ranking + self.params.reg_weight * reg
 
     def score(self, users: np.ndarray) -> torch.Tensor:
         return self.user_emb[self.tensor(users)] @ self.item_emb.T  # (B, n_items)

@@ -33,10 +33,30 @@ def distinct_rows(*index: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor
 
 
 def l2_per_example(*embeddings: torch.Tensor) -> torch.Tensor:
-    """Sum of squared L2 norms of the given (B, d) embeddings, divided by the batch size
-    (MMRec's EmbLoss with norm 2)."""
+    """Sum of squared L2 norms of the given (B, d) embeddings, divided by the batch size:
+    the L2 penalty of the BPR and LightGCN papers, per example."""
     batch = embeddings[0].shape[0]
     return sum(e.pow(2).sum() for e in embeddings) / batch
+
+
+# forms of an embedding penalty (``embedding_penalty``)
+REG_FORMS = ("squared", "norm")
+
+
+def check_reg_form(form: str) -> None:
+    """Raise ValueError unless ``form`` is one of ``REG_FORMS`` (params' own checks)."""
+    if form not in REG_FORMS:
+        raise ValueError(f"reg_form must be one of {', '.join(REG_FORMS)}, got {form!r}")
+
+
+def embedding_penalty(form: str, *embeddings: torch.Tensor) -> torch.Tensor:
+    """The penalty on a batch's (B, d) embeddings: "squared" is ``l2_per_example`` (our
+    default); "norm" is MMRec's EmbLoss, the sum of each matrix's Frobenius norm, not
+    squared, divided by the batch size (its published reg_weight grids are for this form)."""
+    check_reg_form(form)
+    if form == "squared":
+        return l2_per_example(*embeddings)
+    return sum(torch.linalg.vector_norm(e) for e in embeddings) / embeddings[0].shape[0]
 
 
 def normalized_bipartite_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,8 +21,9 @@ from cadmr.models.base import CachedEmbeddingScores
 from cadmr.models.bpr import BPRMF
 from cadmr.models.layers import (
     bpr_loss,
+    check_reg_form,
     checked_bipartite_adjacency,
-    l2_per_example,
+    embedding_penalty,
     propagate_mean,
 )
 from cadmr.models.sampling import TripletBatch
@@ -34,15 +35,19 @@ class LightGCNParams:
     embedding_size: Dimension of the ego (layer-0) embeddings.
     n_layers: Number of propagation layers.
     reg_weight: Weight of the L2 penalty on the batch's ego embeddings.
+    reg_form: "squared" (squared norms per example, the LightGCN paper's) or "norm"
+        (MMRec's EmbLoss; docs/baselines.md).
     """
 
     embedding_size: int = 64
     n_layers: int = 2
     reg_weight: float = 1e-4
+    reg_form: Literal["squared", "norm"] = "squared"
 
     def __post_init__(self) -> None:
         if self.embedding_size <= 0 or self.n_layers < 0 or self.reg_weight < 0:
             raise ValueError("embedding_size must be > 0, n_layers >= 0 and reg_weight >= 0")
+        check_reg_form(self.reg_form)
 
 
 class LightGCN(CachedEmbeddingScores, BPRMF):
@@ -73,9 +78,8 @@ class LightGCN(CachedEmbeddingScores, BPRMF):
         users, items = self.propagate()
         u, p, n = users[batch.users], items[batch.pos], items[batch.neg]
         ranking = bpr_loss((u * p).sum(1), (u * n).sum(1))
-        reg = l2_per_example(
-            self.user_emb[batch.users], self.item_emb[batch.pos], self.item_emb[batch.neg]
-        )
+        ego = (self.user_emb[batch.users], self.item_emb[batch.pos], self.item_emb[batch.neg])
+        reg = embedding_penalty(self.params.reg_form, *ego)
         return ranking + self.params.reg_weight * reg
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

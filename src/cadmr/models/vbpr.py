@@ -23,7 +23,13 @@ from torch import nn
 from cadmr.data.leakage import LeakageGuard
 from cadmr.models.base import CachedEmbeddingScores
 from cadmr.models.bpr import BPRMF
-from cadmr.models.layers import bpr_loss, distinct_rows, feature_tensor, l2_per_example
+from cadmr.models.layers import (
+    bpr_loss,
+    check_reg_form,
+    distinct_rows,
+    embedding_penalty,
+    feature_tensor,
+)
 from cadmr.models.sampling import TripletBatch
 
 
@@ -37,16 +43,19 @@ class VBPRParams:
     feature_norm: "l2" scales each modality's feature rows to unit length before they are
         concatenated, so no modality dominates by its raw scale (lfm2k's VGGish audio rows
         have norm ~1,500, its text rows 1); "none" uses the raw features as MMRec does.
+    reg_form: "squared" (squared norms per example) or "norm" (MMRec's EmbLoss; see BPR).
     """
 
     embedding_size: int = 64
     reg_weight: float = 1e-5
     feature_reg_weight: float = 0.0
     feature_norm: Literal["l2", "none"] = "l2"
+    reg_form: Literal["squared", "norm"] = "squared"
 
     def __post_init__(self) -> None:
         if self.embedding_size <= 0 or self.reg_weight < 0 or self.feature_reg_weight < 0:
             raise ValueError("embedding_size must be > 0 and the reg weights >= 0")
+        check_reg_form(self.reg_form)
         if self.feature_norm not in ("l2", "none"):
             raise ValueError(f"feature_norm must be 'l2' or 'none', got {self.feature_norm!r}")
 
@@ -114,7 +123,8 @@ class VBPR(CachedEmbeddingScores, BPRMF):
         x_p = bias_p + (gu * gp).sum(1) + (tu * content_p).sum(1)
         x_n = bias_n + (gu * gn).sum(1) + (tu * content_n).sum(1)
         p = self.params
-        reg = l2_per_example(gu, tu, gp, gn, self.item_bias[pos, None], self.item_bias[neg, None])
+        biases = (self.item_bias[pos, None], self.item_bias[neg, None])
+        reg = embedding_penalty(p.reg_form, gu, tu, gp, gn, *biases)
         loss = bpr_loss(x_p, x_n) + p.reg_weight * reg
         if p.feature_reg_weight > 0:
             e = self.projection.weight.pow(2).sum() + self.feature_bias.weight.pow(2).sum()
