@@ -311,7 +311,8 @@ def main() -> None:
         return
     if not (args.mmrec / "src/main.py").exists():
         sys.exit(f"{args.mmrec} is not an MMRec checkout (no src/main.py)")
-    work = args.work or Path(tempfile.mkdtemp(prefix="vs_mmrec-"))
+    # absolute: MMRec runs in its own src folder
+    work = (args.work or Path(tempfile.mkdtemp(prefix="vs_mmrec-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     data = work / "data"
     name = export(args.dataset, args.modalities, data)
