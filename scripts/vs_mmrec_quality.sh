@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 23's side-by-side: every baseline trained to early stopping by MMRec's own code and by
 # ours at the same hyper-parameters, with ours also run the way MMRec runs it where we deviate
-# (raw features: feature_norm=none; MMRec's EmbLoss: reg_form=norm). One table per group.
+# (raw features: feature_norm=none; MMRec's EmbLoss: reg_form=norm; LATTICE's user-item graph:
+# ours was LightGCN's, ui_graph=sym). One table per group.
 #
 #   scripts/vs_mmrec_quality.sh DATASET "MODALITY [MODALITY]" [OUT_DIR]
 #   e.g. scripts/vs_mmrec_quality.sh scientific text; scripts/vs_mmrec_quality.sh lfm2k "text audio"
@@ -25,6 +26,7 @@ run() {  # NAME ARGS...: one group, its table in OUT/NAME.md, its logs in OUT/NA
 }
 run id --models bpr lightgcn --variant "$emb"
 run vbpr --models vbpr --variant "$raw" --variant "$emb"
-run graph --models freedom bm3 lattice dragon --variant "$raw"
+run graph --models freedom bm3 dragon --variant "$raw"
+run lattice --models lattice --variant "$raw" --variant "sym:params.ui_graph=sym"
 run slmrec --models slmrec
-cat "$out"/{id,vbpr,graph,slmrec}.md
+cat "$out"/{id,vbpr,graph,lattice,slmrec}.md

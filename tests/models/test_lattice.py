@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from cadmr.config import TrainConfig
 from cadmr.models.graphs import knn_graph, normalized_knn_tensor, sym_normalize
 from cadmr.models.lattice import LATTICE, LATTICEParams
-from cadmr.models.layers import normalized_bipartite_adjacency
 from cadmr.testing import setup_model, small_dataset
 from cadmr.train.loop import make_optimizer
 
@@ -124,13 +123,30 @@ def test_graph_is_rebuilt_once_per_epoch_from_the_current_projections(data2):
     assert not np.allclose(_dense(model._graph), _dense(graph))
 
 
-def test_loss_matches_hand_computation(data2):
+def _user_item_graph(train, form: str) -> torch.Tensor:
+    """The dense (U + I) square user-item graph, written out: LightGCN's D^-1/2 A D^-1/2, or
+    D^-1 (A + I), each row the mean of the node and its neighbours."""
+    r = train.toarray()
+    u, i = r.shape
+    a = np.block([[np.zeros((u, u)), r], [r.T, np.zeros((i, i))]])
+    if form == "sym":
+        d = a.sum(1)
+        inv = np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1e-12)), 0.0)
+        return torch.from_numpy((inv[:, None] * a * inv[None, :]).astype(np.float32))
+    a = a + np.eye(u + i)
+    return torch.from_numpy((a / a.sum(1, keepdims=True)).astype(np.float32))
+
+
+@pytest.mark.parametrize("ui_graph", ["rw_self", "sym"])
+def test_loss_matches_hand_computation(data2, ui_graph):
     lam, reg = 0.6, 1e-2
-    model = _model(data2, lambda_coeff=lam, reg_weight=reg, n_ui_layers=2, n_layers=2)
+    model = _model(
+        data2, lambda_coeff=lam, reg_weight=reg, n_ui_layers=2, n_layers=2, ui_graph=ui_graph
+    )
     batch = next(iter(model.batches(np.random.default_rng(1), 16)))
     with torch.no_grad():
         s = torch.from_numpy(model.item_graph().to_dense().numpy())  # (I, I) test-sized
-        a = torch.from_numpy(normalized_bipartite_adjacency(data2.train).toarray())
+        a = _user_item_graph(data2.train, ui_graph)
         ego = torch.cat([model.user_emb, model.item_emb])
         final = (ego + a @ ego + a @ a @ ego) / 3
         users, items = final[: data2.n_users], final[data2.n_users :]
@@ -185,5 +201,7 @@ def test_feature_norm_and_validation(data2):
     np.testing.assert_allclose(raw, data2.features["audio"])
     with pytest.raises(ValueError, match="lambda_coeff"):
         LATTICEParams(lambda_coeff=1.5)
+    with pytest.raises(ValueError, match="ui_graph must be 'rw_self' or 'sym'"):
+        LATTICEParams(ui_graph="ngcf")
     with pytest.raises(ValueError, match="at least one item modality"):
         LATTICE(LATTICEParams(), 3, 3, {})

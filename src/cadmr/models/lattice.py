@@ -34,8 +34,10 @@ Generalisation and deviations (documented choices):
   (norm ~1,500) and its text rows (norm 1) enter their projections on the same footing.
 * The raw features are constant inputs; MMRec also fine-tunes them (``nn.Embedding`` with
   ``freeze=False``), which here would add I x sum(d_m) parameters for a second-order effect.
-* The user-item graph is LightGCN's symmetric ``D^-1/2 A D^-1/2`` without self loops (the
-  LightGCN backbone the paper names), not the reference code's NGCF-style ``D^-1 (A + I)``.
+* The user-item graph is the reference code's ``D^-1 (A + I)`` (``ui_graph="rw_self"``,
+  the default since issue 23's side-by-side: with LightGCN's symmetric ``D^-1/2 A D^-1/2``
+  and no self loops, ``"sym"``, the LightGCN backbone the paper names, our LATTICE peaked
+  after a few epochs and fell; docs/baselines.md).
 * MMRec's grid searches the learning rate; here that is the ``learning_rate`` parameter
   (0 = ``train.learning_rate``), used by this model's optimizer. MMRec's learning-rate decay
   (x0.96 every 50 epochs) is not applied.
@@ -86,6 +88,8 @@ class LATTICEParams:
         searches it, so it is a model parameter to be part of ``default_search``).
     feature_norm: "l2" scales each modality's feature rows to unit length before projection;
         "none" projects the raw features as MMRec does.
+    ui_graph: The user-item graph: "rw_self", D^-1 (A + I) (MMRec's), or "sym", LightGCN's
+        D^-1/2 A D^-1/2 without self loops (module docstring).
     """
 
     embedding_size: int = 64
@@ -97,8 +101,11 @@ class LATTICEParams:
     reg_weight: float = 1e-4
     learning_rate: float = 0.0
     feature_norm: Literal["l2", "none"] = "l2"
+    ui_graph: Literal["rw_self", "sym"] = "rw_self"
 
     def __post_init__(self) -> None:
+        if self.ui_graph not in ("rw_self", "sym"):
+            raise ValueError(f"ui_graph must be 'rw_self' or 'sym', got {self.ui_graph!r}")
         if self.embedding_size <= 0 or self.feat_embed_dim <= 0 or self.knn_k <= 0:
             raise ValueError("embedding_size, feat_embed_dim and knn_k must be > 0")
         if self.n_ui_layers < 0 or self.n_layers < 0:
@@ -149,7 +156,9 @@ class LATTICE(CachedEmbeddingScores, BPRMF):
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
     ) -> None:
         super().setup(train, features, guard)
-        self.adj = checked_bipartite_adjacency(self.train_matrix, guard, "LATTICE")
+        self.adj = checked_bipartite_adjacency(
+            self.train_matrix, guard, "LATTICE", self.params.ui_graph
+        )
         self.features = modality_features(features, self.modalities, self.params.feature_norm)
         self._init_graphs = []
         for m in self.modalities:

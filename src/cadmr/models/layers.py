@@ -66,13 +66,28 @@ def normalized_bipartite_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
     return sym_normalize(sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32))
 
 
+def random_walk_bipartite_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
+    """Row-normalised user-item graph with self loops, D^-1 (A + I), (U + I, U + I), users
+    first: each layer averages a node with its neighbours (NGCF's form, MMRec's LATTICE)."""
+    r = sp.csr_matrix(train, dtype=np.float32)
+    a = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
+    a = a + sp.eye(a.shape[0], dtype=np.float32, format="csr")
+    out = sp.csr_matrix(sp.diags(1.0 / np.asarray(a.sum(axis=1)).ravel()) @ a, dtype=np.float32)
+    out.sort_indices()
+    return out
+
+
 def checked_bipartite_adjacency(
-    train: sp.csr_matrix, guard: LeakageGuard, owner: str
+    train: sp.csr_matrix, guard: LeakageGuard, owner: str, form: str = "sym"
 ) -> torch.Tensor:
-    """``normalized_bipartite_adjacency(train)`` passed through the leakage guard (named
-    "<owner> adjacency" in its error), as a torch sparse tensor: the graph every LightGCN-style
-    model propagates over."""
-    adj = normalized_bipartite_adjacency(train)
+    """The user-item graph every LightGCN-style model propagates over, passed through the
+    leakage guard (named "<owner> adjacency" in its error), as a torch sparse tensor:
+    ``normalized_bipartite_adjacency(train)`` ("sym") or
+    ``random_walk_bipartite_adjacency(train)`` ("rw_self")."""
+    builders = {"sym": normalized_bipartite_adjacency, "rw_self": random_walk_bipartite_adjacency}
+    if form not in builders:
+        raise ValueError(f"graph form must be one of {', '.join(builders)}, got {form!r}")
+    adj = builders[form](train)
     return to_torch_sparse(guard.check(adj, f"{owner} adjacency", layout="bipartite"))
 
 
