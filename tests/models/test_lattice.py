@@ -205,3 +205,21 @@ def test_feature_norm_and_validation(data2):
         LATTICEParams(ui_graph="ngcf")
     with pytest.raises(ValueError, match="at least one item modality"):
         LATTICE(LATTICEParams(), 3, 3, {})
+
+
+def test_checkpoints_from_before_the_graph_choice_load_over_lightgcns_graph(data2, tmp_path):
+    from cadmr.train import resolve_run_config, run
+    from cadmr.train.checkpoint import load_checkpoint, load_model, save_checkpoint
+
+    params = {"embedding_size": 8, "feat_embed_dim": 6, "knn_k": 3, "ui_graph": "sym"}
+    extra = {"train": {"epochs": 1, "progress": False}, "params": params}
+    results = run(resolve_run_config("lattice", "d", extra=extra), data2, tmp_path, echo=False)
+    ck = load_checkpoint(results["checkpoint"])
+    del ck["params"]["ui_graph"]  # as a checkpoint saved before the parameter existed
+    save_checkpoint(tmp_path / "old.pt", ck)
+    model, _ = load_model(tmp_path / "old.pt", data2)
+    assert model.params.ui_graph == "sym"
+    trained, _ = load_model(results["checkpoint"], data2)
+    users = np.arange(data2.n_users)
+    torch.testing.assert_close(model.score(users), trained.score(users))
+    assert LATTICE.saved_params({"ui_graph": "rw_self"})["ui_graph"] == "rw_self"

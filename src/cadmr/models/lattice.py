@@ -152,6 +152,12 @@ class LATTICE(CachedEmbeddingScores, BPRMF):
         self._graph: torch.Tensor | None = None  # item graph of the epoch, detached
         self._rebuild = True
 
+    @classmethod
+    def saved_params(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Checkpoints saved before MMRec's graph was the default have no ``ui_graph``: they
+        were trained over LightGCN's."""
+        return {"ui_graph": "sym", **data}
+
     def setup(
         self, train: sp.csr_matrix, features: Mapping[str, np.ndarray], guard: LeakageGuard
     ) -> None:
