@@ -60,11 +60,23 @@ def test_target_dropout_rate_and_scale():
     torch.testing.assert_close(out[out != 0], torch.full_like(out[out != 0], 1 / 0.7))
 
 
-def test_loss_equals_hand_computation_without_dropout():
+@pytest.mark.parametrize(
+    ("n_modalities", "modality_weight", "scale"),
+    [(2, "capped", 1.0), (3, "capped", 2 / 3), (3, "sum", 1.0), (1, "capped", 1.0)],
+)
+def test_loss_equals_hand_computation_without_dropout(n_modalities, modality_weight, scale):
     """dropout 0 makes the target views the detached online embeddings: the loss is then
-    the formula of the module docstring, written out densely here."""
-    data = _data()
-    model = _model(data, dropout=0.0, n_layers=2, reg_weight=0.1, cl_weight=2.0)
+    the formula of the module docstring, written out densely here. With more than two
+    modalities, "capped" scales the feature terms' sum by 2 / M."""
+    data = _data(n_modalities)
+    model = _model(
+        data,
+        dropout=0.0,
+        n_layers=2,
+        reg_weight=0.1,
+        cl_weight=2.0,
+        modality_weight=modality_weight,
+    )
     batch = _batch(data)
     with torch.no_grad():
         model.predictor.bias.normal_()
@@ -83,12 +95,12 @@ def test_loss_equals_hand_computation_without_dropout():
 
     hu, hi = users[batch.users], items[batch.items]
     expected = cos(pred(hu), hi) + cos(pred(hi), hu)
-    for m in ("a", "b"):
+    for m, _ in MODALITIES[:n_modalities]:
         f = torch.tensor(data.features[m])
         f = f / f.norm(dim=1, keepdim=True)
         proj = model.projections[m]
         z = f[batch.items] @ proj.weight.detach().T + proj.bias.detach()
-        expected = expected + 2.0 * (cos(pred(z), hi) + cos(pred(z), z))
+        expected = expected + scale * 2.0 * (cos(pred(z), hi) + cos(pred(z), z))
     expected = expected + 0.1 * (users.norm() + items.norm()) / data.n_items
     with torch.no_grad():
         got = model.loss(batch)
@@ -145,3 +157,5 @@ def test_invalid_params():
         BM3Params(dropout=1.0)
     with pytest.raises(ValueError, match="feature_norm"):
         BM3Params(feature_norm="z")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="modality_weight must be 'capped' or 'sum'"):
+        BM3Params(modality_weight="mean")  # type: ignore[arg-type]

@@ -20,7 +20,11 @@ where t(x) = dropout(stop_gradient(x)). Scores are p(h_u) . p(h_i) (as MMRec ran
 Choices and deviations (all documented in the report of issue 4):
 
 * N modalities: the paper has image + text; the modality terms are summed over however many
-  named modalities the data has (MMRec sums its two), so 1, 2 or 3 modalities all run.
+  named modalities the data has (MMRec sums its two), so 1, 2 or 3 modalities all run. With
+  more than two, the sum is scaled by 2 / M (``modality_weight="capped"``), so the feature
+  terms never weigh more against the graph terms than MMRec's two do: summed plainly
+  (``"sum"``), lfm2k's three modalities held BM3 on a validation plateau (issue 23; 3 seeds,
+  patience 20: validation R@20 0.2612 summed, 0.3019 capped, every seed higher).
 * Feature scale: ``feature_norm="l2"`` (default) scales each modality's feature rows to unit
   length before the projection, so a modality with huge raw norms (lfm2k audio, ~1,500) does
   not dominate the projection's initial outputs and Adam steps; "none" uses raw features as
@@ -78,6 +82,8 @@ class BM3Params:
     cl_weight: Weight of the multimodal (feature-view) loss terms.
     feature_norm: "l2" scales each modality's feature rows to unit length; "none" keeps
         the raw features (MMRec).
+    modality_weight: "capped" scales the sum of the feature terms by min(1, 2 / M) for M
+        modalities (MMRec's weight for its two at most); "sum" sums them plainly.
     """
 
     embedding_size: int = 64
@@ -86,8 +92,13 @@ class BM3Params:
     reg_weight: float = 0.1
     cl_weight: float = 2.0
     feature_norm: Literal["l2", "none"] = "l2"
+    modality_weight: Literal["capped", "sum"] = "capped"
 
     def __post_init__(self) -> None:
+        if self.modality_weight not in ("capped", "sum"):
+            raise ValueError(
+                f"modality_weight must be 'capped' or 'sum', got {self.modality_weight!r}"
+            )
         if self.embedding_size <= 0 or self.n_layers < 0:
             raise ValueError("embedding_size must be > 0 and n_layers >= 0")
         if not 0.0 <= self.dropout < 1.0:
@@ -156,6 +167,8 @@ class BM3(CachedEmbeddingScores, TorchRecommender):
             z = self.projections[m](self.features[m][distinct])[at]  # (B, d), each item once
             z_online = self.predictor(z)
             feature = feature + cosine_loss(z_online, t_i) + cosine_loss(z_online, self.target(z))
+        if p.modality_weight == "capped":
+            feature = feature * min(1.0, 2.0 / len(self.modalities))
         reg = (users_all.norm() + items_all.norm()) / self.n_items
         return graph + p.cl_weight * feature + p.reg_weight * reg
 
