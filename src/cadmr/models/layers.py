@@ -59,18 +59,22 @@ def embedding_penalty(form: str, *embeddings: torch.Tensor) -> torch.Tensor:
     return sum(torch.linalg.vector_norm(e) for e in embeddings) / embeddings[0].shape[0]
 
 
+def _bipartite(train: sp.csr_matrix) -> sp.csr_matrix:
+    """The unnormalised (U + I, U + I) user-item graph A, users first, float32."""
+    r = sp.csr_matrix(train, dtype=np.float32)
+    return sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
+
+
 def normalized_bipartite_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
     """Symmetrically normalised user-item graph D^-1/2 A D^-1/2 of shape (U + I, U + I),
     users first, no self loops (LightGCN, eq. 7). Isolated nodes get zero rows."""
-    r = sp.csr_matrix(train, dtype=np.float32)
-    return sym_normalize(sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32))
+    return sym_normalize(_bipartite(train))
 
 
 def random_walk_bipartite_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
     """Row-normalised user-item graph with self loops, D^-1 (A + I), (U + I, U + I), users
     first: each layer averages a node with its neighbours (NGCF's form, MMRec's LATTICE)."""
-    r = sp.csr_matrix(train, dtype=np.float32)
-    a = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
+    a = _bipartite(train)
     a = a + sp.eye(a.shape[0], dtype=np.float32, format="csr")
     out = sp.csr_matrix(sp.diags(1.0 / np.asarray(a.sum(axis=1)).ravel()) @ a, dtype=np.float32)
     out.sort_indices()
