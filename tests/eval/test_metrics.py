@@ -322,3 +322,11 @@ def test_properties(seed: int) -> None:
             m = np.minimum(k, n_rel)
             ideal = np.array([hits[b, : m[b]].all() for b in range(len(hits))])
             np.testing.assert_array_equal(np.isclose(vals[f"ndcg@{k}"], 1.0), ideal)
+
+
+def test_config_knows_every_metric():
+    """config.py (which may not import eval/, docs/conventions.md) keeps its own set of the
+    metric names eval.valid_metric accepts: it must be exactly the metrics computed here."""
+    from cadmr.config import METRIC_NAMES
+
+    assert set(METRICS) == METRIC_NAMES
