@@ -19,8 +19,9 @@ from pathlib import Path
 from cadmr.experiments import summarize, to_markdown
 
 ORDER = (
-    "cadmr", "cadmr-tc", "cadmr-no-ca", "cadmr-all-items", "cadmr-heads1", "cadmr-heads2",
-    "cadmr-heads8", "cadmr-fv", "cadmr-fv-tc", "cadmr-fv-ca-only", "cadmr-fv-heads1",
+    "cadmr", "cadmr-in", "cadmr-tc", "cadmr-in-tc", "cadmr-no-ca", "cadmr-all-items",
+    "cadmr-heads1", "cadmr-heads2", "cadmr-heads8", "cadmr-in-heads1", "cadmr-in-heads2",
+    "cadmr-in-heads8", "cadmr-fv", "cadmr-fv-tc", "cadmr-fv-ca-only", "cadmr-fv-heads1",
     "cadmr-fv-heads2", "cadmr-fv-heads8", "cadmr-fv-norm", "cadmr_paper", "cadmr-no-tc",
     "cadmr-frozen", "kernel_ae", "ease", "lightgcn",
     "bpr", "vbpr", "lattice", "freedom", "freedom+mg", "dragon", "dragon+mg", "bm3", "slmrec",

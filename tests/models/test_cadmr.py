@@ -6,6 +6,7 @@ leaked-pair check and the known-answer task; these are CADMR's own checks.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -218,7 +219,9 @@ def test_residual_refinement_adds_the_interaction_rows(data):
 
 
 def test_residual_refinement_starts_at_the_pretrained_model(data):
-    model = ready(data, phase="pretrain")
+    """Without the output path, fine-tuning starts exactly at the pretrained model; with
+    it, at the pretrained model plus the output path's content k-NN term."""
+    model = ready(data, phase="pretrain", neighbour_output=0.0)
     model.eval()
     users = np.arange(data.n_users)
     before = model.score(users)
@@ -285,6 +288,43 @@ def test_rated_attention_mixes_the_candidates_training_rows(data):
         own = model.ffn(model.attention.value(fused[items]))
         want = ratings[items] + own + mixed @ ratings
         torch.testing.assert_close(model.refine(items, fused), want, rtol=1e-5, atol=1e-5)
+
+
+def test_output_path_adds_the_attended_rows_shares_to_the_reconstruction(data):
+    """neighbour_output W: the reconstruction gains W x the heads' mean of A_h (R / n_u),
+    and scoring (the streamed blocks) ranks by exactly what training reconstructs."""
+    model = ready(data, phase="finetune", attention_neighbours=5, heads=4, neighbour_output=3.0)
+    model.eval()
+    with torch.no_grad():
+        model.attention.gates.copy_(torch.tensor([0.5, -1.0, 2.0, 0.3]))
+        model.ffn.weight.normal_(std=0.1)
+        items = np.arange(data.n_items)
+        fused = model.fuse(model.modality_codes())
+        weights = model.attention_weights(items)  # (heads, I, I), zero off the candidates
+        ratings = torch.from_numpy(model.item_user.toarray())
+        shares = ratings / ratings.sum(dim=0).clamp(min=1)  # each user's column / n_u
+        want = model(model.refine(items, fused)) + 3.0 * weights.mean(dim=0) @ shares  # (I, U)
+        got = model.refined_output(items, fused)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        model.prepare_scoring()
+        users = np.array([4, 0, 59, 4])
+        torch.testing.assert_close(model.score(users), want[:, users].T, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model.score_block(users, 7, 19), want[7:19, users].T, rtol=1e-5, atol=1e-5
+        )
+
+
+def test_without_neighbour_output_the_attended_rows_reach_the_input_only(data):
+    model = ready(data, phase="finetune", attention_neighbours=5, neighbour_output=0.0)
+    assert not model.output_gated
+    model.eval()
+    with torch.no_grad():
+        model.attention.gates.fill_(0.5)
+        items = np.array([1, 8])
+        fused = model.fuse(model.modality_codes())
+        torch.testing.assert_close(
+            model.refined_output(items, fused), model(model.refine(items, fused))
+        )
 
 
 def test_rated_attention_over_every_item_leaves_out_the_item_itself(data):
@@ -397,7 +437,7 @@ def test_finetune_loss_is_mse_plus_penalty_plus_lambda_tc(data):
 
     with torch.no_grad():
         codes = model.modality_codes()
-        out = model(model.refine(items, model.fuse(codes)))
+        out = model.refined_output(items, model.fuse(codes))
         target = model.target_rows(items)
         weight = 1 + (model.params.pos_weight - 1) * target  # positives weighted (default 10)
         mse = (weight * (out - target) ** 2).mean()
@@ -488,10 +528,13 @@ def test_explanations(data, tmp_path):
     with pytest.raises(IndexError):
         model.explain_item(data.n_items)
 
+    # the output path's attention reads the features: occluding one moves the scores
+    assert min(model.explain_user(0, k=4).modalities.values()) > 0
     with torch.no_grad():  # a zero refinement: no modality changes the scores
         model.ffn.weight.zero_()
         model.ffn.bias.zero_()
         model.attention.gates.zero_()
+    model.params = dataclasses.replace(model.params, neighbour_output=0.0)
     assert set(model.explain_user(0, k=4).modalities.values()) == {0.0}
 
     pretrained, _ = load_model(tmp_path / "best-pretrain.pt", data)
@@ -513,6 +556,17 @@ def test_checkpoints_from_before_rating_values_load_with_feature_values(data, tm
     model, _ = load_model(tmp_path / "old.pt", data)
     assert model.params.attention_values == "features" and not model.rated_attention
     assert CADMR.saved_params({"attention_values": "ratings"})["attention_values"] == "ratings"
+
+
+def test_checkpoints_from_before_the_output_path_load_without_it(data, tmp_path):
+    extra = {"train": {"epochs": 1, "progress": False}, "params": {**SMALL}}
+    results = run(resolve_run_config("cadmr", "d", extra=extra), data, tmp_path, echo=False)
+    ck = load_checkpoint(results["checkpoint"])
+    assert ck["params"]["neighbour_output"] > 0
+    del ck["params"]["neighbour_output"]  # as saved before the parameter existed
+    save_checkpoint(tmp_path / "old.pt", ck)
+    model, _ = load_model(tmp_path / "old.pt", data)
+    assert model.params.neighbour_output == 0 and not model.output_gated
 
 
 def test_kernel_ae_params_are_a_subset():

@@ -92,6 +92,7 @@ def _add_experiment_args(e: argparse.ArgumentParser, name: str) -> None:
 ABLATION = {
     "CADMR": "cadmr",
     "with DRL (TC, lambda 0.5)": "cadmr:tc_weight=0.5",
+    "attended rows to the input only": "cadmr:neighbour_output=0",
     "w/o CA (own value only)": "cadmr:use_attention=false",
     "CA over every item (no neighbour limit)": "cadmr:attention_neighbours=0",
     "the paper's CA (feature values, no value skip)": (
