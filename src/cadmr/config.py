@@ -56,6 +56,10 @@ class TrainConfig:
         learning_rate: Adam learning rate.
         weight_decay: Adam weight decay (most models regularise in their loss instead).
         patience: Evaluations without improvement of the validation metric before stopping.
+        min_epochs: Epochs each phase trains before early stopping may end it (the
+            patience count runs all along); 0 = none. For a model whose validation curve
+            dips after an early peak and climbs again (LATTICE on Scientific,
+            docs/experiments.md), where patience alone can stop inside the dip.
         eval_every: Evaluate on the validation split every this many epochs.
         num_threads: torch intra-op threads; 0 means one per available core.
         device: Where gradient-trained models train and score: "cpu", "cuda", "cuda:N", or
@@ -76,6 +80,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 20
+    min_epochs: int = 0
     eval_every: int = 1
     num_threads: int = 0
     device: str = "cpu"
@@ -91,6 +96,8 @@ class TrainConfig:
             raise ConfigError("train.mirror_alpha1 and train.mirror_alpha2 must be >= 0")
         if not self.learning_rate > 0 or not math.isfinite(self.learning_rate):
             raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate}")
+        if self.min_epochs < 0:
+            raise ConfigError(f"train.min_epochs must be >= 0, got {self.min_epochs}")
         if self.num_threads < 0:
             raise ConfigError(f"train.num_threads must be >= 0, got {self.num_threads}")
         if not re.fullmatch(DEVICE_PATTERN, self.device):

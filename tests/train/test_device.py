@@ -98,15 +98,18 @@ def test_a_run_folder_from_before_the_device_setting_resumes(tiny, tmp_path):
 
 
 def test_cached_run_keys_keep_their_value_on_the_cpu(tiny):
-    """Keys of runs cached before ``train.device`` existed still find them; another device
-    is another run."""
+    """Keys of runs cached before ``train.device`` and ``train.min_epochs`` existed still
+    find them; another device or a minimum is another run."""
     cfg = resolve_run_config("bpr", "synthetic-tiny")
     before = {k: v for k, v in cfg.to_dict().items() if k != "dataset"}
-    before["train"] = {k: v for k, v in before["train"].items() if k not in ("progress", "device")}
+    added = ("progress", "device", "min_epochs")
+    before["train"] = {k: v for k, v in before["train"].items() if k not in added}
     text = yaml.safe_dump(before, sort_keys=True) + tiny.fingerprint()
     assert run_key(cfg, tiny) == hashlib.sha256(text.encode()).hexdigest()[:16]
     gpu = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device="cuda"))
     assert run_key(gpu, tiny) != run_key(cfg, tiny)
+    held = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, min_epochs=5))
+    assert run_key(held, tiny) != run_key(cfg, tiny)
 
 
 @dataclasses.dataclass(frozen=True)

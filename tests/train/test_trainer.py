@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import cadmr.train.checkpoint as checkpoint_mod
+from cadmr.config import ConfigError
 from cadmr.data.synthetic import make_synthetic
 from cadmr.train import TrainingError, load_model, resolve_run_config, run
 from cadmr.train.checkpoint import load_checkpoint, save_checkpoint
@@ -67,6 +68,27 @@ def test_early_stopping_respects_patience(tiny, tmp_path):
     res = run(_cfg(epochs=500, patience=3, learning_rate=0.05), tiny, tmp_path, echo=False)
     assert res["epochs_run"] == res["best_epoch"] + 1 + 3
     assert "early stop" in (tmp_path / "train.log").read_text()
+
+
+def test_min_epochs_holds_off_early_stopping(tiny, tmp_path):
+    """Patience still counts, but no phase stops before train.min_epochs; past it the run
+    stops at the first evaluation with patience used up."""
+    plain = run(_cfg(epochs=500, patience=3, learning_rate=0.05), tiny, tmp_path / "a", echo=False)
+    floor = plain["epochs_run"] + 5
+    held = run(
+        _cfg(epochs=500, patience=3, learning_rate=0.05, min_epochs=floor),
+        tiny,
+        tmp_path / "b",
+        echo=False,
+    )
+    assert held["epochs_run"] >= floor
+    history = [json.loads(x) for x in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
+    best_epoch = max(range(len(history)), key=lambda e: history[e]["valid"]["recall@20"])
+    assert held["epochs_run"] == max(floor, best_epoch + 1 + 3)
+    capped = run(_cfg(epochs=4, patience=1, min_epochs=10), tiny, tmp_path / "c", echo=False)
+    assert capped["epochs_run"] == 4  # train.epochs still bounds the phase
+    with pytest.raises(ConfigError, match="min_epochs"):
+        _cfg(min_epochs=-1)
 
 
 def test_resume_continues_exactly(tiny, tmp_path, monkeypatch):

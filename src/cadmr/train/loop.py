@@ -161,7 +161,8 @@ class _PhasedFit:
         }
 
     def _run_phase(self, phase: str, final: bool) -> None:
-        """Epochs of one phase until ``train.epochs`` or patience runs out."""
+        """Epochs of one phase until ``train.epochs`` or patience runs out (not before
+        ``train.min_epochs``)."""
         state, tc = self.state, self.tc
         best = self.out_dir / ("best.pt" if final else f"best-{phase}.pt")
         tag = f"[{phase}] " if len(self.phases) > 1 else ""
@@ -177,11 +178,13 @@ class _PhasedFit:
             state.update(best_metric=valid[self.metric], best_epoch=-1, best_valid=valid)
             save_checkpoint(best, self.payload(epoch=-1, phase=phase))
             self.log(f"{tag}start | valid {format_metrics(valid)} *")
-        while state["epoch"] < tc.epochs and state["bad_evals"] < tc.patience:
+        while state["epoch"] < tc.epochs and (
+            state["bad_evals"] < tc.patience or state["epoch"] < tc.min_epochs
+        ):
             self._epoch(phase, tag, best, optimizer, loss_fn)
         if state["best_metric"] == -math.inf:
             raise TrainingError("no validation evaluation happened; check train.eval_every")
-        if state["bad_evals"] >= tc.patience:
+        if state["bad_evals"] >= tc.patience and state["epoch"] < tc.epochs:
             self.log(f"{tag}early stop: no {self.metric} gain in {tc.patience} evaluations")
         state["finished"].append(self._phase_summary(phase, best))
 
