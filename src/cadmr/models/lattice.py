@@ -133,6 +133,10 @@ class LATTICE(CachedEmbeddingScores, BPRMF):
     budget_search: ClassVar[Mapping[str, tuple[Any, ...]] | None] = {
         "reg_weight": (0.0, 1e-4, 1e-3)
     }
+    # its validation curve peaks within ~10 epochs, dips, and climbs again past epoch ~30
+    # (Scientific); patience alone stopped one seed in three inside the dip
+    # (docs/experiments.md, Amazon Scientific)
+    train_defaults: ClassVar[Mapping[str, Any]] = {"min_epochs": 50}
 
     def __init__(
         self, params: LATTICEParams, n_users: int, n_items: int, feature_dims: Mapping[str, int]
