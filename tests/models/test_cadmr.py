@@ -316,7 +316,7 @@ def test_output_path_adds_the_attended_rows_shares_to_the_reconstruction(data):
 
 def test_without_neighbour_output_the_attended_rows_reach_the_input_only(data):
     model = ready(data, phase="finetune", attention_neighbours=5, neighbour_output=0.0)
-    assert not model.output_gated
+    assert not model.output_path
     model.eval()
     with torch.no_grad():
         model.attention.gates.fill_(0.5)
@@ -566,7 +566,7 @@ def test_checkpoints_from_before_the_output_path_load_without_it(data, tmp_path)
     del ck["params"]["neighbour_output"]  # as saved before the parameter existed
     save_checkpoint(tmp_path / "old.pt", ck)
     model, _ = load_model(tmp_path / "old.pt", data)
-    assert model.params.neighbour_output == 0 and not model.output_gated
+    assert model.params.neighbour_output == 0 and not model.output_path
 
 
 def test_kernel_ae_params_are_a_subset():

@@ -273,12 +273,7 @@ class RatingCrossAttention(nn.Module):
     """
 
     def __init__(
-        self,
-        n_users: int,
-        dim: int,
-        heads: int,
-        norm: bool = False,
-        rated: bool = False,
+        self, n_users: int, dim: int, heads: int, norm: bool = False, rated: bool = False
     ) -> None:
         super().__init__()
         self.heads = heads
@@ -400,11 +395,7 @@ class CADMR(KernelAE):
                 {m: nn.Linear(p.modality_dim, feature_dims[m]) for m in self.modalities}
             )
         self.attention = RatingCrossAttention(
-            n_users,
-            p.latent_dim,
-            p.heads,
-            p.attention_norm,
-            self.rated_attention,
+            n_users, p.latent_dim, p.heads, p.attention_norm, self.rated_attention
         )
         self.ffn = nn.Linear(p.latent_dim, n_users)
         if p.refine == "residual":  # fine-tuning starts exactly at the pretrained model
@@ -430,14 +421,15 @@ class CADMR(KernelAE):
         return self.params.use_attention and self.params.attention_values == "ratings"
 
     @property
-    def output_gated(self) -> bool:
-        """The attended rows also reach the reconstruction (``neighbour_output`` > 0)."""
+    def output_path(self) -> bool:
+        """The attended rows also reach the reconstruction (``neighbour_output`` > 0 with
+        rating values over candidates)."""
         p = self.params
         return self.rated_attention and p.neighbour_output > 0 and p.attention_neighbours > 0
 
     @property
-    def output_gates(self) -> torch.Tensor:
-        """The output path's weight per head: W / heads each (the heads' mean, times W)."""
+    def output_weights(self) -> torch.Tensor:
+        """The output path's fixed weight per head: W / heads each (W x the heads' mean)."""
         h = self.params.heads
         return torch.full((h,), self.params.neighbour_output / h, device=self.device)
 
@@ -475,7 +467,7 @@ class CADMR(KernelAE):
         )
         self._ratings_t = None
         self._share_rows = self._user_share_rows = None
-        if self.output_gated:
+        if self.output_path:
             counts = np.asarray(self.query_rows.sum(axis=0), dtype=np.float32).ravel()
             scale = sp.diags(1.0 / np.maximum(counts, 1.0)).astype(np.float32)
             self._share_rows = sp.csr_matrix(self.query_rows @ scale)
@@ -698,8 +690,8 @@ class CADMR(KernelAE):
         rows = self.rating_rows(items, corrupt)
         attended = self._rated_attention(items, rows, fused) if self.rated_attention else None
         out = self(self.refine(items, fused, rows=rows, attended=attended))
-        if self.output_gated:
-            out = out + self.neighbour_rows(*attended, self.output_gates, self._share_rows)
+        if self.output_path:
+            out = out + self.neighbour_rows(*attended, self.output_weights, self._share_rows)
         return out
 
     # ----------------------------------------------------------------- scoring
@@ -716,7 +708,7 @@ class CADMR(KernelAE):
         self._fused = self.fuse(self.modality_codes()) if self.phase == "finetune" else None
         super().prepare_scoring()
         self._output_mix = None
-        if self.output_gated and self.phase == "finetune":
+        if self.output_path and self.phase == "finetune":
             self._output_mix = self.output_mix(self._fused)
 
     @torch.no_grad()
@@ -729,7 +721,7 @@ class CADMR(KernelAE):
         for start in range(0, self.n_items, step):
             items = np.arange(start, min(start + step, self.n_items))
             a, candidates = self._rated_attention(items, self.query_rows[items], fused)
-            weight.append(torch.einsum("h,hbk->bk", self.output_gates, a).cpu())
+            weight.append(torch.einsum("h,hbk->bk", self.output_weights, a).cpu())
             index.append(candidates.cpu())
         w, c = torch.cat(weight).numpy(), torch.cat(index).numpy()
         rows = np.repeat(np.arange(self.n_items), c.shape[1])
@@ -740,7 +732,7 @@ class CADMR(KernelAE):
         """The autoencoder's reconstruction (``kernel_ae``), plus the output path's
         sum_j M_ij R_uj / n_u for the block's items i when ``neighbour_output``."""
         out = super().score_block(users, start, stop)
-        if self.output_gated and self.phase == "finetune":
+        if self.output_path and self.phase == "finetune":
             if self._output_mix is None:  # scored without prepare_scoring
                 self.prepare_scoring()
             extra = self._output_mix[start:stop] @ self._user_share_rows[users].T  # (items, B)
@@ -748,14 +740,14 @@ class CADMR(KernelAE):
         return out
 
     def batches(self, rng: np.random.Generator, batch_size: int) -> ShuffledBatches[ItemBatch]:
-        self._fused = None  # parameters will change
+        self._fused = self._output_mix = None  # parameters will change
         if self.phase == "finetune" and self.params.finetune_batch_size:
             batch_size = self.params.finetune_batch_size
         return super().batches(rng, batch_size)
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         super().load_state(state)
-        self._fused = None
+        self._fused = self._output_mix = None
 
     # ----------------------------------------------------------------- explanations
 
