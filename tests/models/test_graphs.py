@@ -7,9 +7,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+import cadmr.models.graphs as graphs
 from cadmr.models.graphs import (
     knn_graph,
     knn_neighbours,
+    memo_knn_neighbours,
     normalized_knn_tensor,
     sym_normalize,
     topk_cooccurrence,
@@ -33,6 +35,34 @@ def test_knn_matches_dense_topk_for_any_block(block):
         np.testing.assert_allclose(sims[i].numpy(), expected, atol=1e-5)
         np.testing.assert_allclose(dense[i, idx[i].numpy()], expected, atol=1e-5)
     assert (idx[:, 0].numpy() == np.arange(23)).all()  # each row is its own nearest
+
+
+def test_memo_computes_each_features_neighbours_once(monkeypatch):
+    """The same features (by content, not identity) and k: computed once, equal to
+    knn_neighbours, returned as copies; other features or another k: computed again."""
+    calls = []
+    real = graphs.knn_neighbours
+    monkeypatch.setattr(
+        graphs, "knn_neighbours", lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    )
+    monkeypatch.setattr(graphs, "_memo", type(graphs._memo)())
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(17, 4)).astype(np.float32)
+    first = memo_knn_neighbours(x, 3)
+    first[0][:] = -1  # the caller's copy, not the memo's
+    again = memo_knn_neighbours(x.copy(), 3, block=5)
+    want = real(x, 3)
+    assert len(calls) == 1
+    torch.testing.assert_close(again[0], want[0])
+    torch.testing.assert_close(again[1], want[1])
+    memo_knn_neighbours(x, 4)
+    y = x.copy()
+    y[0, 0] += 1.0
+    memo_knn_neighbours(y, 3)
+    assert len(calls) == 3
+    for _ in range(graphs.MEMO_ENTRIES + 2):  # bounded: the oldest entries go
+        memo_knn_neighbours(rng.normal(size=(5, 2)).astype(np.float32), 2)
+    assert len(graphs._memo) == graphs.MEMO_ENTRIES
 
 
 def test_knn_graph_is_sparse_with_k_entries_per_row_and_weights():

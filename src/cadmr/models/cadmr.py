@@ -72,7 +72,7 @@ from torch import nn
 from cadmr.data.leakage import LeakageGuard
 from cadmr.errors import CadmrValueError
 from cadmr.models.disentangle import TC_ESTIMATORS
-from cadmr.models.graphs import knn_neighbours
+from cadmr.models.graphs import memo_knn_neighbours
 from cadmr.models.kernel_ae import ItemBatch, KernelAE, KernelAEParams, paper_adam
 from cadmr.models.layers import item_content, shared_kernels, sparse_mm, to_torch_sparse
 from cadmr.models.sampling import ShuffledBatches
@@ -480,7 +480,7 @@ class CADMR(KernelAE):
         cosine of ``item_content`` (the mean of the per-modality cosines of the centred
         features; content k-NN's similarity)."""
         k = min(k, self.n_items - 1)
-        index, _ = knn_neighbours(item_content(self.features, self.modalities), k + 1)
+        index, _ = memo_knn_neighbours(item_content(self.features, self.modalities), k + 1)
         other = index != torch.arange(self.n_items)[:, None]
         keep = other & (other.cumsum(dim=1) <= k)  # the first k that are not the item
         return index[keep].view(self.n_items, k).to(self.device)
