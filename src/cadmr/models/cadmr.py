@@ -133,9 +133,9 @@ class CADMRParams(KernelAEParams):
             neighbours reach its score directly (content k-NN inside the model), as a
             share of their history. A fixed weight, not a learned gate: the squared error
             fits a gate 3-6x smaller than what ranks best. 0 = the input only (as before).
-            6 is within 0.001 validation R@20 of the best weight on Scientific (4) and
-            lfm2k (12) and costs ml100k 0.003, inside its seed spread (docs/cadmr.md,
-            "The attended rows at the output"). No effect otherwise.
+            6 is within 0.0003 / 0.0011 validation R@20 of the best weight on Scientific
+            (4) / lfm2k (12) and costs ml100k 0.003, inside its seed spread
+            (docs/cadmr.md, "The attended rows at the output"). No effect otherwise.
         cold_dropout: Share of each fine-tuning batch's items whose whole rating row
             (query and residual) is dropped, so the multimodal path learns to place an item
             from its features alone, as it must for an item nobody has interacted with
