@@ -219,8 +219,8 @@ def test_residual_refinement_adds_the_interaction_rows(data):
 
 
 def test_residual_refinement_starts_at_the_pretrained_model(data):
-    """Without the output path, fine-tuning starts exactly at the pretrained model; with
-    it, at the pretrained model plus the output path's content k-NN term."""
+    """Without the output path, fine-tuning starts exactly at the pretrained model (with
+    it, the start adds the output path's term, checked by the output path's test)."""
     model = ready(data, phase="pretrain", neighbour_output=0.0)
     model.eval()
     users = np.arange(data.n_users)
