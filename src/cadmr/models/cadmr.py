@@ -732,10 +732,8 @@ class CADMR(KernelAE):
     def score_block(self, users: np.ndarray, start: int, stop: int) -> torch.Tensor:
         """The autoencoder's reconstruction (``kernel_ae``), plus the output path's
         sum_j M_ij R_uj / n_u for the block's items i when ``neighbour_output``."""
-        out = super().score_block(users, start, stop)
+        out = super().score_block(users, start, stop)  # prepares scoring, mix included
         if self.output_path and self.phase == "finetune":
-            if self._output_mix is None:  # scored without prepare_scoring
-                self.prepare_scoring()
             extra = self._output_mix[start:stop] @ self._user_share_rows[users].T  # (items, B)
             out = out + self.tensor(extra.T.toarray()).to(out.dtype)
         return out
