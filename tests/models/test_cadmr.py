@@ -327,6 +327,48 @@ def test_without_neighbour_output_the_attended_rows_reach_the_input_only(data):
         )
 
 
+def test_without_neighbour_input_the_attended_rows_reach_the_output_only(data):
+    """neighbour_input=false: the input is R + FFN(V_i) whatever the input gates say, and
+    the output path is the same as with the input path on."""
+    both = ready(data, phase="finetune", attention_neighbours=5, neighbour_output=3.0)
+    out_only = ready(
+        data, phase="finetune", attention_neighbours=5, neighbour_output=3.0, neighbour_input=False
+    )
+    out_only.load_state_dict(both.state_dict())
+    items = np.array([1, 8, 30])
+    with torch.no_grad():
+        for model in (both, out_only):
+            model.eval()
+            model.attention.gates.fill_(0.5)
+            model.ffn.weight.normal_(generator=torch.Generator().manual_seed(0), std=0.1)
+        fused = out_only.fuse(out_only.modality_codes())
+        rows = torch.from_numpy(out_only.query_rows[items].toarray())
+        want = rows + out_only.ffn(out_only.context(items, fused, out_only.query_rows[items]))
+        torch.testing.assert_close(out_only.refine(items, fused), want)
+        assert not torch.allclose(both.refine(items, fused), want)
+        path = out_only.refined_output(items, fused) - out_only(want)
+        torch.testing.assert_close(
+            path,
+            both.refined_output(items, fused) - both(both.refine(items, fused)),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+        assert path.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "nowhere",
+    [
+        {"neighbour_output": 0.0},
+        {"attention_neighbours": 0},
+        {"attention_values": "features", "attention_neighbours": 0},
+    ],
+)
+def test_neighbour_input_off_needs_the_output_path(nowhere):
+    with pytest.raises(ValueError, match="neighbour_input=false"):
+        CADMRParams(neighbour_input=False, **nowhere)
+
+
 def test_rated_attention_over_every_item_leaves_out_the_item_itself(data):
     model = ready(data, phase="finetune", attention_neighbours=0)
     items = np.array([3, 12])

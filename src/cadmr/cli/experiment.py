@@ -93,6 +93,7 @@ ABLATION = {
     "CADMR": "cadmr",
     "with DRL (TC, lambda 0.5)": "cadmr:tc_weight=0.5",
     "attended rows to the input only": "cadmr:neighbour_output=0",
+    "attended rows to the output only": "cadmr:neighbour_input=false",
     "w/o CA (own value only)": "cadmr:use_attention=false",
     "CA over every item (no neighbour limit)": "cadmr:attention_neighbours=0",
     "the paper's CA (feature values, no value skip)": (

@@ -18,17 +18,22 @@ def run_key(config: RunConfig, dataset: Dataset) -> str:
     """16 hex digits identifying a run: the fully resolved configuration and the dataset's
     content fingerprint. Left out: the dataset's name or path as typed, and whether progress
     bars were shown; neither changes a result. The device is part of the key (a GPU's
-    floating-point results differ in the last bits) unless it is the CPU, and
-    ``train.min_epochs`` unless it is 0."""
+    floating-point results differ in the last bits) unless it is the CPU,
+    ``train.min_epochs`` unless it is 0, and CADMR's ``params.neighbour_input`` unless it
+    is false."""
     cfg = {k: v for k, v in config.to_dict().items() if k != "dataset"}
     # settings added later are left out at the value that behaves as before they existed
-    # (the CPU; no minimum), so keys of runs cached before them still match
-    unchanged = {"device": "cpu", "min_epochs": 0}
-    cfg["train"] = {
-        k: v
-        for k, v in cfg["train"].items()
-        if k != "progress" and not (k in unchanged and v == unchanged[k])
+    # (the CPU; no minimum; CADMR's input path on), so keys of runs cached before them
+    # still match
+    unchanged = {
+        "train": {"device": "cpu", "min_epochs": 0},
+        "params": {"neighbour_input": True},
     }
+    cfg["train"] = {k: v for k, v in cfg["train"].items() if k != "progress"}
+    for section, defaults in unchanged.items():
+        cfg[section] = {
+            k: v for k, v in cfg[section].items() if not (k in defaults and v == defaults[k])
+        }
     text = yaml.safe_dump(cfg, sort_keys=True) + dataset.fingerprint()
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
