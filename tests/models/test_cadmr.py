@@ -314,6 +314,45 @@ def test_output_path_adds_the_attended_rows_shares_to_the_reconstruction(data):
         )
 
 
+def test_reverse_output_path_uses_the_attention_matrix_both_ways(data):
+    """neighbour_reverse: the reconstruction gains W x the heads' mean of (A + A^T) / 2
+    times R / n_u (item i also gets the rows of the items that attend to i, with their
+    weight on i), and scoring ranks by exactly what training reconstructs."""
+    model = ready(
+        data,
+        phase="finetune",
+        attention_neighbours=5,
+        heads=4,
+        neighbour_output=3.0,
+        neighbour_reverse=True,
+    )
+    model.eval()
+    with torch.no_grad():
+        model.attention.gates.copy_(torch.tensor([0.5, -1.0, 2.0, 0.3]))
+        model.attention.key.weight.normal_(generator=torch.Generator().manual_seed(1))
+        model.ffn.weight.normal_(std=0.1)
+        items = np.arange(data.n_items)
+        fused = model.fuse(model.modality_codes())
+        a = model.attention_weights(items).mean(dim=0)  # (I, I), zero off the candidates
+        assert not torch.allclose(a, a.T)  # k-NN is not symmetric: the test has teeth
+        ratings = torch.from_numpy(model.item_user.toarray())
+        shares = ratings / ratings.sum(dim=0).clamp(min=1)
+        want = model(model.refine(items, fused)) + 3.0 * (a + a.T) / 2 @ shares
+        some = np.array([17, 2, 33, 2])
+        torch.testing.assert_close(
+            model.refined_output(some, fused), want[some], rtol=1e-5, atol=1e-5
+        )
+        model.prepare_scoring()
+        users = np.array([4, 0, 59, 4])
+        torch.testing.assert_close(model.score(users), want[:, users].T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("field", ["neighbour_output", "attention_neighbours"])
+def test_reverse_output_path_needs_the_output_path(field):
+    with pytest.raises(ValueError, match="neighbour_reverse needs the output path"):
+        CADMRParams(neighbour_reverse=True, **{field: 0})
+
+
 def test_without_neighbour_output_the_attended_rows_reach_the_input_only(data):
     model = ready(data, phase="finetune", attention_neighbours=5, neighbour_output=0.0)
     assert not model.output_path

@@ -99,8 +99,8 @@ def test_a_run_folder_from_before_the_device_setting_resumes(tiny, tmp_path):
 
 def test_cached_run_keys_keep_their_value_on_the_cpu(tiny):
     """Keys of runs cached before ``train.device``, ``train.min_epochs`` and CADMR's
-    ``params.neighbour_input`` existed still find them; another device, a minimum or
-    CADMR's output path alone is another run."""
+    ``params.neighbour_input`` / ``neighbour_reverse`` existed still find them; another
+    device, a minimum, CADMR's output path alone or both ways is another run."""
     cfg = resolve_run_config("bpr", "synthetic-tiny")
     before = {k: v for k, v in cfg.to_dict().items() if k != "dataset"}
     added = ("progress", "device", "min_epochs")
@@ -111,17 +111,23 @@ def test_cached_run_keys_keep_their_value_on_the_cpu(tiny):
     assert run_key(gpu, tiny) != run_key(cfg, tiny)
     held = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, min_epochs=5))
     assert run_key(held, tiny) != run_key(cfg, tiny)
-    # CADMR's params.neighbour_input came later: on (as before) it leaves the key alone
+    # CADMR's params.neighbour_input and neighbour_reverse came later: at the values that
+    # behave as before (input path on, output path one way) they leave the key alone
     cadmr = resolve_run_config("cadmr", "synthetic-tiny")
     before = {k: v for k, v in cadmr.to_dict().items() if k != "dataset"}
     before["train"] = {k: v for k, v in before["train"].items() if k not in added}
-    before["params"] = {k: v for k, v in before["params"].items() if k != "neighbour_input"}
+    later = ("neighbour_input", "neighbour_reverse")
+    before["params"] = {k: v for k, v in before["params"].items() if k not in later}
     text = yaml.safe_dump(before, sort_keys=True) + tiny.fingerprint()
     assert run_key(cadmr, tiny) == hashlib.sha256(text.encode()).hexdigest()[:16]
     out_only = dataclasses.replace(
         cadmr, params=dataclasses.replace(cadmr.params, neighbour_input=False)
     )
     assert run_key(out_only, tiny) != run_key(cadmr, tiny)
+    both_ways = dataclasses.replace(
+        cadmr, params=dataclasses.replace(cadmr.params, neighbour_reverse=True)
+    )
+    assert run_key(both_ways, tiny) != run_key(cadmr, tiny)
 
 
 @dataclasses.dataclass(frozen=True)

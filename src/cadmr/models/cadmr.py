@@ -142,6 +142,10 @@ class CADMRParams(KernelAEParams):
             path changes validation Recall@20 by at most 0.0021 (seeds 0-2 of Scientific,
             ml100k and lfm2k; docs/cadmr.md), so the default keeps the design every other
             table was validated with.
+        neighbour_reverse: With the output path: item i's reconstruction also gains the
+            rows of the items that have i among their candidates, weighted by their
+            attention on i (the attention matrix A used both ways: W x (A + A^T) / 2
+            instead of W x A). Off by default (docs/cadmr.md, "Both directions").
         cold_dropout: Share of each fine-tuning batch's items whose whole rating row
             (query and residual) is dropped, so the multimodal path learns to place an item
             from its features alone, as it must for an item nobody has interacted with
@@ -170,6 +174,7 @@ class CADMRParams(KernelAEParams):
     attention_neighbours: int = 10
     neighbour_output: float = 6.0
     neighbour_input: bool = True
+    neighbour_reverse: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -191,6 +196,15 @@ class CADMRParams(KernelAEParams):
                 "neighbour_input=false leaves the attended rows nowhere unless they reach the "
                 "output (attention_values='ratings', attention_neighbours > 0, "
                 "neighbour_output > 0)"
+            )
+        if self.neighbour_reverse and not (
+            self.attention_values == "ratings"
+            and self.attention_neighbours
+            and self.neighbour_output > 0
+        ):
+            raise ValueError(
+                "neighbour_reverse needs the output path (attention_values='ratings', "
+                "attention_neighbours > 0, neighbour_output > 0)"
             )
         if not 0.0 <= self.cold_dropout < 1.0:
             raise ValueError(f"cold_dropout must be in [0, 1), got {self.cold_dropout}")
@@ -425,6 +439,9 @@ class CADMR(KernelAE):
         self._query_scaled = False
         # rating-valued attention: (n_items, k) candidate keys, R^T as the values
         self.candidates: torch.Tensor | None = None
+        # with neighbour_reverse: (candidate slots sorted by the item they point at, the
+        # start of each item's run in them), built in setup
+        self._reverse: tuple[np.ndarray, np.ndarray] | None = None
         self._ratings_t: torch.Tensor | None = None
         # neighbour_output: R with each user's entries divided by the user's training
         # count, items x users (training) and users x items (scoring), and the
@@ -492,6 +509,15 @@ class CADMR(KernelAE):
             self._user_share_rows = self._share_rows.T.tocsr()
         if self.rated_attention and self.params.attention_neighbours:
             self.candidates = self.feature_neighbours(self.params.attention_neighbours)
+        self._reverse = None
+        if self.output_path and self.params.neighbour_reverse:
+            # the candidate slots (flat j * k + s) pointing at each item, grouped by item
+            flat = self.candidates.reshape(-1).cpu().numpy()
+            counts = np.bincount(flat, minlength=self.n_items)
+            self._reverse = (
+                np.argsort(flat, kind="stable"),
+                np.concatenate([[0], np.cumsum(counts)]),
+            )
 
     def feature_neighbours(self, k: int) -> torch.Tensor:
         """Each item's ``k`` nearest other items by features: (n_items, k) int64, by the
@@ -575,6 +601,7 @@ class CADMR(KernelAE):
             data.update(attention_values="features", attention_neighbours=0)
         # ... and before the output path: the attended rows went to the input only
         data.setdefault("neighbour_output", 0.0)
+        data.setdefault("neighbour_reverse", False)  # ... and one way only
         return data
 
     def rating_rows(self, items: np.ndarray, corrupt: bool = False) -> sp.csr_matrix:
@@ -708,9 +735,34 @@ class CADMR(KernelAE):
         rows = self.rating_rows(items, corrupt)
         attended = self._rated_attention(items, rows, fused) if self.rated_attention else None
         out = self(self.refine(items, fused, rows=rows, attended=attended))
-        if self.output_path:
-            out = out + self.neighbour_rows(*attended, self.output_weights, self._share_rows)
-        return out
+        if not self.output_path:
+            return out
+        forward = self.neighbour_rows(*attended, self.output_weights, self._share_rows)
+        if self._reverse is None:
+            return out + forward
+        every = np.arange(self.n_items)
+        a, _ = self._rated_attention(every, self.query_rows, fused)  # (heads, I, k)
+        mix = torch.einsum("h,hik->ik", self.output_weights, a)
+        return out + 0.5 * (forward + self.reverse_rows(np.asarray(items), mix))
+
+    def reverse_rows(self, items: np.ndarray, mix: torch.Tensor) -> torch.Tensor:
+        """(B, n_users): for each of ``items``, the sum over the items j that have it among
+        their candidates of mix[j, slot] x j's row of per-user shares (``mix``: (I, k), the
+        output path's weights of every item over its candidates)."""
+        assert self._reverse is not None and self._share_rows is not None
+        order, indptr = self._reverse
+        starts, counts = indptr[items], indptr[items + 1] - indptr[items]
+        owner = np.repeat(np.arange(len(items)), counts)
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        flat = order[np.repeat(starts, counts) + np.arange(counts.sum()) - first]  # j * k + s
+        rows = self._share_rows[flat // mix.shape[1]]  # (sum counts, U)
+        per_entry = np.repeat(np.arange(len(flat)), np.diff(rows.indptr))
+        weight = mix.reshape(-1)[self.tensor(flat[per_entry])] * self.tensor(rows.data).to(
+            mix.dtype
+        )
+        index = (self.tensor(owner[per_entry]), self.tensor(rows.indices.astype(np.int64)))
+        out = mix.new_zeros(len(items), self.n_users)
+        return out.index_put_(index, weight, accumulate=True)
 
     # ----------------------------------------------------------------- scoring
 
@@ -733,7 +785,8 @@ class CADMR(KernelAE):
     def output_mix(self, fused: torch.Tensor) -> sp.csr_matrix:
         """(n_items, n_items) weights M of the output path: score(u, i) gains
         sum_j M_ij R_uj / n_u; row i holds W x item i's attention over its candidates (the
-        heads' mean, queried with its uncorrupted training row)."""
+        heads' mean, queried with its uncorrupted training row); with ``neighbour_reverse``,
+        (M + M^T) / 2."""
         step = self.scoring_block
         index, weight = [], []
         for start in range(0, self.n_items, step):
@@ -743,7 +796,8 @@ class CADMR(KernelAE):
             index.append(candidates.cpu())
         w, c = torch.cat(weight).numpy(), torch.cat(index).numpy()
         rows = np.repeat(np.arange(self.n_items), c.shape[1])
-        return sp.csr_matrix((w.ravel(), (rows, c.ravel())), shape=(self.n_items, self.n_items))
+        mix = sp.csr_matrix((w.ravel(), (rows, c.ravel())), shape=(self.n_items, self.n_items))
+        return mix if self._reverse is None else sp.csr_matrix((mix + mix.T) * 0.5)
 
     @torch.no_grad()
     def score_block(self, users: np.ndarray, start: int, stop: int) -> torch.Tensor:
