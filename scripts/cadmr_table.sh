@@ -11,10 +11,11 @@
 #    settings otherwise.
 # 2. Each seed trains: kernel_ae; cadmr (our defaults: rating-valued attention over each
 #    item's 10 nearest items by features, the attended rows added to the autoencoder's
-#    input and, as shares of each user's history, to its output); cadmr-in (the attended
-#    rows to the input only: our default before the output path); cadmr-out (the attended
-#    rows to the output only); cadmr-rev (the output path both ways,
-#    neighbour_reverse); cadmr-tc (the paper's TC weight 0.5);
+#    input and, as shares of each user's history, to its output, with the attention
+#    matrix used both ways there); cadmr-fwd (the output path one way: our default before
+#    neighbour_reverse); cadmr-in (the attended rows to the input only: our default before
+#    the output path); cadmr-out (the attended rows to the output only); cadmr-tc (the
+#    paper's TC weight 0.5);
 #    cadmr-no-ca (without cross-attention: each item's own value vector); cadmr-all-items
 #    (rating-valued attention over every item); cadmr-fv (feature-valued attention over
 #    every item plus the item's own value: our default before rating values);
@@ -58,7 +59,7 @@ declare -A variants=(
   [cadmr]="cadmr $ours"
   [cadmr-in]="cadmr $ours --set params.neighbour_output=0"
   [cadmr-out]="cadmr $ours --set params.neighbour_input=false"
-  [cadmr-rev]="cadmr $ours --set params.neighbour_reverse=true"
+  [cadmr-fwd]="cadmr $ours --set params.neighbour_reverse=false"
   [cadmr-tc]="cadmr $ours --set params.tc_weight=0.5"
   [cadmr-no-ca]="cadmr $ours --set params.use_attention=false"
   [cadmr-all-items]="cadmr $ours --set params.attention_neighbours=0"
@@ -75,7 +76,7 @@ from cadmr.data.sources import resolve_dataset
 print(int(bool(resolve_dataset(sys.argv[1]).features)))" "$dataset")
 for seed in "${seeds[@]}"; do
   names=(kernel_ae lightgcn)
-  (( has_features )) && names+=(cadmr cadmr-in cadmr-out cadmr-rev cadmr-tc cadmr-no-ca
+  (( has_features )) && names+=(cadmr cadmr-fwd cadmr-in cadmr-out cadmr-tc cadmr-no-ca
     cadmr-all-items cadmr-fv cadmr-fv-ca-only cadmr_paper freedom)
   for v in "${names[@]}"; do
     out=$root/$v-seed$seed

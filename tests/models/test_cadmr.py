@@ -291,9 +291,17 @@ def test_rated_attention_mixes_the_candidates_training_rows(data):
 
 
 def test_output_path_adds_the_attended_rows_shares_to_the_reconstruction(data):
-    """neighbour_output W: the reconstruction gains W x the heads' mean of A_h (R / n_u),
-    and scoring (the streamed blocks) ranks by exactly what training reconstructs."""
-    model = ready(data, phase="finetune", attention_neighbours=5, heads=4, neighbour_output=3.0)
+    """neighbour_output W, one way: the reconstruction gains W x the heads' mean of A_h
+    (R / n_u), and scoring (the streamed blocks) ranks by exactly what training
+    reconstructs."""
+    model = ready(
+        data,
+        phase="finetune",
+        attention_neighbours=5,
+        heads=4,
+        neighbour_output=3.0,
+        neighbour_reverse=False,
+    )
     model.eval()
     with torch.no_grad():
         model.attention.gates.copy_(torch.tensor([0.5, -1.0, 2.0, 0.3]))
@@ -347,10 +355,20 @@ def test_reverse_output_path_uses_the_attention_matrix_both_ways(data):
         torch.testing.assert_close(model.score(users), want[:, users].T, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("field", ["neighbour_output", "attention_neighbours"])
-def test_reverse_output_path_needs_the_output_path(field):
-    with pytest.raises(ValueError, match="neighbour_reverse needs the output path"):
-        CADMRParams(neighbour_reverse=True, **{field: 0})
+@pytest.mark.parametrize(
+    "nowhere",
+    [{"neighbour_output": 0.0}, {"attention_neighbours": 0}, {"use_attention": False}],
+)
+def test_reverse_output_path_does_nothing_without_the_output_path(data, nowhere):
+    model = ready(data, phase="finetune", neighbour_reverse=True, **nowhere)
+    assert not model.output_path and model._reverse is None
+    model.eval()
+    with torch.no_grad():
+        items = np.array([1, 8])
+        fused = model.fuse(model.modality_codes())
+        torch.testing.assert_close(
+            model.refined_output(items, fused), model(model.refine(items, fused))
+        )
 
 
 def test_without_neighbour_output_the_attended_rows_reach_the_input_only(data):

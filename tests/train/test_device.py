@@ -100,7 +100,8 @@ def test_a_run_folder_from_before_the_device_setting_resumes(tiny, tmp_path):
 def test_cached_run_keys_keep_their_value_on_the_cpu(tiny):
     """Keys of runs cached before ``train.device``, ``train.min_epochs`` and CADMR's
     ``params.neighbour_input`` / ``neighbour_reverse`` existed still find them; another
-    device, a minimum, CADMR's output path alone or both ways is another run."""
+    device, a minimum, CADMR's attended rows at the output only or its output path both
+    ways (today's default) is another run."""
     cfg = resolve_run_config("bpr", "synthetic-tiny")
     before = {k: v for k, v in cfg.to_dict().items() if k != "dataset"}
     added = ("progress", "device", "min_epochs")
@@ -113,21 +114,21 @@ def test_cached_run_keys_keep_their_value_on_the_cpu(tiny):
     assert run_key(held, tiny) != run_key(cfg, tiny)
     # CADMR's params.neighbour_input and neighbour_reverse came later: at the values that
     # behave as before (input path on, output path one way) they leave the key alone
-    cadmr = resolve_run_config("cadmr", "synthetic-tiny")
-    before = {k: v for k, v in cadmr.to_dict().items() if k != "dataset"}
+    default = resolve_run_config("cadmr", "synthetic-tiny")
+    one_way = dataclasses.replace(
+        default, params=dataclasses.replace(default.params, neighbour_reverse=False)
+    )
+    before = {k: v for k, v in one_way.to_dict().items() if k != "dataset"}
     before["train"] = {k: v for k, v in before["train"].items() if k not in added}
     later = ("neighbour_input", "neighbour_reverse")
     before["params"] = {k: v for k, v in before["params"].items() if k not in later}
     text = yaml.safe_dump(before, sort_keys=True) + tiny.fingerprint()
-    assert run_key(cadmr, tiny) == hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert run_key(one_way, tiny) == hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert run_key(default, tiny) != run_key(one_way, tiny)  # both ways: a new default
     out_only = dataclasses.replace(
-        cadmr, params=dataclasses.replace(cadmr.params, neighbour_input=False)
+        one_way, params=dataclasses.replace(one_way.params, neighbour_input=False)
     )
-    assert run_key(out_only, tiny) != run_key(cadmr, tiny)
-    both_ways = dataclasses.replace(
-        cadmr, params=dataclasses.replace(cadmr.params, neighbour_reverse=True)
-    )
-    assert run_key(both_ways, tiny) != run_key(cadmr, tiny)
+    assert run_key(out_only, tiny) != run_key(one_way, tiny)
 
 
 @dataclasses.dataclass(frozen=True)

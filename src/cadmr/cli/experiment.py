@@ -92,6 +92,7 @@ def _add_experiment_args(e: argparse.ArgumentParser, name: str) -> None:
 ABLATION = {
     "CADMR": "cadmr",
     "with DRL (TC, lambda 0.5)": "cadmr:tc_weight=0.5",
+    "output path one way (A, not (A + A^T) / 2)": "cadmr:neighbour_reverse=false",
     "attended rows to the input only": "cadmr:neighbour_output=0",
     "attended rows to the output only": "cadmr:neighbour_input=false",
     "w/o CA (own value only)": "cadmr:use_attention=false",

@@ -145,7 +145,10 @@ class CADMRParams(KernelAEParams):
         neighbour_reverse: With the output path: item i's reconstruction also gains the
             rows of the items that have i among their candidates, weighted by their
             attention on i (the attention matrix A used both ways: W x (A + A^T) / 2
-            instead of W x A). Off by default (docs/cadmr.md, "Both directions").
+            instead of W x A). Validation Recall@20 rose on every seed of Scientific
+            (+0.0058) and lfm2k (+0.0008) and was level on ml100k (+0.0004; docs/cadmr.md,
+            "Both directions"). False = one way, the default before. No effect without
+            the output path.
         cold_dropout: Share of each fine-tuning batch's items whose whole rating row
             (query and residual) is dropped, so the multimodal path learns to place an item
             from its features alone, as it must for an item nobody has interacted with
@@ -174,7 +177,7 @@ class CADMRParams(KernelAEParams):
     attention_neighbours: int = 10
     neighbour_output: float = 6.0
     neighbour_input: bool = True
-    neighbour_reverse: bool = False
+    neighbour_reverse: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -196,15 +199,6 @@ class CADMRParams(KernelAEParams):
                 "neighbour_input=false leaves the attended rows nowhere unless they reach the "
                 "output (attention_values='ratings', attention_neighbours > 0, "
                 "neighbour_output > 0)"
-            )
-        if self.neighbour_reverse and not (
-            self.attention_values == "ratings"
-            and self.attention_neighbours
-            and self.neighbour_output > 0
-        ):
-            raise ValueError(
-                "neighbour_reverse needs the output path (attention_values='ratings', "
-                "attention_neighbours > 0, neighbour_output > 0)"
             )
         if not 0.0 <= self.cold_dropout < 1.0:
             raise ValueError(f"cold_dropout must be in [0, 1), got {self.cold_dropout}")
