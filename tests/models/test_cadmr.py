@@ -290,49 +290,19 @@ def test_rated_attention_mixes_the_candidates_training_rows(data):
         torch.testing.assert_close(model.refine(items, fused), want, rtol=1e-5, atol=1e-5)
 
 
-def test_output_path_adds_the_attended_rows_shares_to_the_reconstruction(data):
-    """neighbour_output W, one way: the reconstruction gains W x the heads' mean of A_h
-    (R / n_u), and scoring (the streamed blocks) ranks by exactly what training
-    reconstructs."""
+@pytest.mark.parametrize("reverse", [False, True])
+def test_output_path_adds_the_attended_rows_shares_to_the_reconstruction(data, reverse):
+    """neighbour_output W: the reconstruction gains W x the heads' mean of A_h (R / n_u),
+    or with neighbour_reverse W x (A + A^T) / 2 (R / n_u) (item i also gets the rows of the
+    items that attend to i, with their weight on i); scoring (the streamed blocks) ranks by
+    exactly what training reconstructs."""
     model = ready(
         data,
         phase="finetune",
         attention_neighbours=5,
         heads=4,
         neighbour_output=3.0,
-        neighbour_reverse=False,
-    )
-    model.eval()
-    with torch.no_grad():
-        model.attention.gates.copy_(torch.tensor([0.5, -1.0, 2.0, 0.3]))
-        model.ffn.weight.normal_(std=0.1)
-        items = np.arange(data.n_items)
-        fused = model.fuse(model.modality_codes())
-        weights = model.attention_weights(items)  # (heads, I, I), zero off the candidates
-        ratings = torch.from_numpy(model.item_user.toarray())
-        shares = ratings / ratings.sum(dim=0).clamp(min=1)  # each user's column / n_u
-        want = model(model.refine(items, fused)) + 3.0 * weights.mean(dim=0) @ shares  # (I, U)
-        got = model.refined_output(items, fused)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        model.prepare_scoring()
-        users = np.array([4, 0, 59, 4])
-        torch.testing.assert_close(model.score(users), want[:, users].T, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(
-            model.score_block(users, 7, 19), want[7:19, users].T, rtol=1e-5, atol=1e-5
-        )
-
-
-def test_reverse_output_path_uses_the_attention_matrix_both_ways(data):
-    """neighbour_reverse: the reconstruction gains W x the heads' mean of (A + A^T) / 2
-    times R / n_u (item i also gets the rows of the items that attend to i, with their
-    weight on i), and scoring ranks by exactly what training reconstructs."""
-    model = ready(
-        data,
-        phase="finetune",
-        attention_neighbours=5,
-        heads=4,
-        neighbour_output=3.0,
-        neighbour_reverse=True,
+        neighbour_reverse=reverse,
     )
     model.eval()
     with torch.no_grad():
@@ -342,10 +312,12 @@ def test_reverse_output_path_uses_the_attention_matrix_both_ways(data):
         items = np.arange(data.n_items)
         fused = model.fuse(model.modality_codes())
         a = model.attention_weights(items).mean(dim=0)  # (I, I), zero off the candidates
-        assert not torch.allclose(a, a.T)  # k-NN is not symmetric: the test has teeth
+        assert not torch.allclose(a, a.T)  # k-NN is not symmetric: both cases differ
+        mix = (a + a.T) / 2 if reverse else a
         ratings = torch.from_numpy(model.item_user.toarray())
-        shares = ratings / ratings.sum(dim=0).clamp(min=1)
-        want = model(model.refine(items, fused)) + 3.0 * (a + a.T) / 2 @ shares
+        shares = ratings / ratings.sum(dim=0).clamp(min=1)  # each user's column / n_u
+        want = model(model.refine(items, fused)) + 3.0 * mix @ shares  # (I, U)
+        torch.testing.assert_close(model.refined_output(items, fused), want, rtol=1e-5, atol=1e-5)
         some = np.array([17, 2, 33, 2])
         torch.testing.assert_close(
             model.refined_output(some, fused), want[some], rtol=1e-5, atol=1e-5
@@ -353,6 +325,9 @@ def test_reverse_output_path_uses_the_attention_matrix_both_ways(data):
         model.prepare_scoring()
         users = np.array([4, 0, 59, 4])
         torch.testing.assert_close(model.score(users), want[:, users].T, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model.score_block(users, 7, 19), want[7:19, users].T, rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize(
