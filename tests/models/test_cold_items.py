@@ -116,8 +116,12 @@ def test_a_run_on_a_cold_split_reports_both_rankings(cold, tmp_path):
 def test_cadmr_takes_its_cold_defaults_on_a_cold_split_only():
     warm = resolve_run_config("cadmr", "scientific").params
     cold = resolve_run_config("cadmr", "scientific@cold=0.2").params
-    assert (warm.cold_dropout, warm.finetune_autoencoder) == (0.0, False)
-    assert (cold.cold_dropout, cold.finetune_autoencoder) == (0.5, True)
+
+    def chosen(p):
+        return p.cold_dropout, p.finetune_autoencoder, p.neighbour_reverse
+
+    assert chosen(warm) == (0.0, False, True)
+    assert chosen(cold) == (0.5, True, False)
     paper = resolve_run_config("cadmr_paper", "scientific@cold=0.2").params
     assert paper == resolve_run_config("cadmr_paper", "scientific").params
     explicit = resolve_run_config("cadmr", "x@cold=0.2", sets=["params.cold_dropout=0.9"])

@@ -397,7 +397,13 @@ class CADMR(KernelAE):
     needs_features = True
     # on a cold-item split: the point of the cold grid that won validation on ml100k and
     # lfm2k and tied on Scientific (0.6160 against no dropout's 0.6164; docs/cadmr.md)
-    cold_defaults: ClassVar[Mapping[str, Any]] = {"cold_dropout": 0.5, "finetune_autoencoder": True}
+    # on a cold-item split the output path goes one way: both ways was lower on the cold
+    # validation items of Scientific, ml100k and lfm2k (docs/cadmr.md, "New items")
+    cold_defaults: ClassVar[Mapping[str, Any]] = {
+        "cold_dropout": 0.5,
+        "finetune_autoencoder": True,
+        "neighbour_reverse": False,
+    }
     scoring_block = 512  # query items per attention block when scoring (B x I x heads floats)
 
     def __init__(
