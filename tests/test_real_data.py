@@ -76,12 +76,12 @@ def test_autoencoder_defaults_on_sparse_scientific(tmp_path):
 
 
 def test_cadmr_defaults_on_sparse_scientific(tmp_path):
-    """docs/cadmr.md: with its defaults CADMR reaches test R@20 0.2526 +- 0.0041 on Amazon
-    Scientific (3 seeds; seed 0 0.2563), against its autoencoder's 0.2311 and 0.2341 with
-    the attended rows at the autoencoder's input only: below 0.240 the output path has
-    lost its gain."""
+    """docs/cadmr.md: with its defaults CADMR reaches test R@20 0.2569 +- 0.0039 on Amazon
+    Scientific (3 seeds; seed 0 0.2613), 0.2526 with its output path one way, against its
+    autoencoder's 0.2311 and 0.2341 with the attended rows at the autoencoder's input
+    only: below 0.245 the output path has lost its gain."""
     data = _data("scientific")
     cfg = resolve_run_config("cadmr", "scientific", extra={"train": {"progress": False}})
     res = run(cfg, data, tmp_path, echo=False)
-    assert res["test"]["recall@20"] >= 0.240
+    assert res["test"]["recall@20"] >= 0.245
     assert res["valid"]["recall@20"] > res["phases"][0]["valid"]["recall@20"] + 0.01
