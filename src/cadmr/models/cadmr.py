@@ -684,12 +684,25 @@ class CADMR(KernelAE):
             if self._ratings_t is None:
                 self._ratings_t = to_torch_sparse(self.query_rows.T.tocsr(), self.device)
             return sparse_mm(self._ratings_t, mix.T).T
-        attended = values[candidates.reshape(-1).cpu().numpy()]  # (B k, U)
-        owner = np.repeat(np.arange(attended.shape[0]), np.diff(attended.indptr))
-        weight = mix.reshape(-1)[self.tensor(owner)] * self.tensor(attended.data).to(mix.dtype)
-        users = attended.indices.astype(np.int64)
-        index = (self.tensor(owner // candidates.shape[1]), self.tensor(users))
-        out = mix.new_zeros(len(candidates), self.n_users)
+        owners = np.repeat(np.arange(len(candidates)), candidates.shape[1])
+        sources = candidates.reshape(-1).cpu().numpy()
+        return self._weighted_rows(owners, sources, mix.reshape(-1), values, len(candidates))
+
+    def _weighted_rows(
+        self,
+        owners: np.ndarray,
+        sources: np.ndarray,
+        weights: torch.Tensor,
+        values: sp.csr_matrix,
+        n_out: int,
+    ) -> torch.Tensor:
+        """(n_out, n_users): row owners[e] gains weights[e] x row sources[e] of ``values``
+        for every entry e, over the rows' non-zeros only."""
+        rows = values[sources]  # (entries, U)
+        per_entry = np.repeat(np.arange(len(sources)), np.diff(rows.indptr))
+        weight = weights[self.tensor(per_entry)] * self.tensor(rows.data).to(weights.dtype)
+        index = (self.tensor(owners[per_entry]), self.tensor(rows.indices.astype(np.int64)))
+        out = weights.new_zeros(n_out, self.n_users)
         return out.index_put_(index, weight, accumulate=True)
 
     # ----------------------------------------------------------------- training
@@ -752,17 +765,13 @@ class CADMR(KernelAE):
         assert self._reverse is not None and self._share_rows is not None
         order, indptr = self._reverse
         starts, counts = indptr[items], indptr[items + 1] - indptr[items]
-        owner = np.repeat(np.arange(len(items)), counts)
+        owners = np.repeat(np.arange(len(items)), counts)
         first = np.repeat(np.cumsum(counts) - counts, counts)
         flat = order[np.repeat(starts, counts) + np.arange(counts.sum()) - first]  # j * k + s
-        rows = self._share_rows[flat // mix.shape[1]]  # (sum counts, U)
-        per_entry = np.repeat(np.arange(len(flat)), np.diff(rows.indptr))
-        weight = mix.reshape(-1)[self.tensor(flat[per_entry])] * self.tensor(rows.data).to(
-            mix.dtype
+        weights = mix.reshape(-1)[self.tensor(flat)]
+        return self._weighted_rows(
+            owners, flat // mix.shape[1], weights, self._share_rows, len(items)
         )
-        index = (self.tensor(owner[per_entry]), self.tensor(rows.indices.astype(np.int64)))
-        out = mix.new_zeros(len(items), self.n_users)
-        return out.index_put_(index, weight, accumulate=True)
 
     # ----------------------------------------------------------------- scoring
 
