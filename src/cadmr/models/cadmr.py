@@ -179,6 +179,17 @@ class CADMRParams(KernelAEParams):
     neighbour_input: bool = True
     neighbour_reverse: bool = True
 
+    @property
+    def rows_reach_output(self) -> bool:
+        """The attended rows are set to reach the reconstruction: rating values over
+        candidates, with ``neighbour_output`` > 0 (the model's ``output_path`` when the
+        attention is on)."""
+        return (
+            self.attention_values == "ratings"
+            and self.attention_neighbours > 0
+            and self.neighbour_output > 0
+        )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.attention_neighbours < 0:
@@ -190,11 +201,7 @@ class CADMRParams(KernelAEParams):
                 "attention_neighbours applies to attention_values='ratings'; set it to 0 "
                 "with 'features' (the paper's attention spans every item)"
             )
-        if not self.neighbour_input and not (
-            self.attention_values == "ratings"
-            and self.attention_neighbours
-            and self.neighbour_output > 0
-        ):
+        if not self.neighbour_input and not self.rows_reach_output:
             raise ValueError(
                 "neighbour_input=false leaves the attended rows nowhere unless they reach the "
                 "output (attention_values='ratings', attention_neighbours > 0, "
@@ -459,8 +466,7 @@ class CADMR(KernelAE):
     def output_path(self) -> bool:
         """The attended rows also reach the reconstruction (``neighbour_output`` > 0 with
         rating values over candidates)."""
-        p = self.params
-        return self.rated_attention and p.neighbour_output > 0 and p.attention_neighbours > 0
+        return self.params.use_attention and self.params.rows_reach_output
 
     @property
     def output_weights(self) -> torch.Tensor:
