@@ -55,8 +55,7 @@ def main() -> None:
     cand = model.candidates.cpu().numpy()
     n, k = cand.shape
     a = sp.csr_matrix((np.full(n * k, 1 / k), (np.repeat(np.arange(n), k), cand.ravel())))
-    train = data.train.tocsr().astype(np.float64)
-    shares = sp.diags(1 / np.maximum(np.asarray(train.sum(axis=1)).ravel(), 1)) @ train
+    shares = model._user_share_rows  # users x items: each user's row / their training count
     one_way = torch.from_numpy((shares @ a.T).toarray()).float()  # (u, i): sum_j A_ij R_uj / n_u
     reverse = torch.from_numpy((shares @ a).toarray()).float()  # sum_j A_ji R_uj / n_u
     terms = {"one way": one_way, "reverse only": reverse, "both": (one_way + reverse) / 2}
