@@ -62,6 +62,7 @@ from cadmr.models.layers import (
     modality_features,
     modality_projections,
     propagate_mean,
+    take_rows,
 )
 from cadmr.models.sampling import PairBatch, PairSampler, ShuffledBatches
 
@@ -158,13 +159,14 @@ class BM3(CachedEmbeddingScores, TorchRecommender):
     def loss(self, batch: PairBatch) -> torch.Tensor:
         p = self.params
         users_all, items_all = self.propagate()  # (U, d), (I, d)
-        h_u, h_i = users_all[batch.users], items_all[batch.items]  # (B, d)
+        h_u, h_i = take_rows(users_all, batch.users), take_rows(items_all, batch.items)  # (B, d)
         t_u, t_i = self.target(h_u), self.target(h_i)  # (B, d), no gradient
         graph = cosine_loss(self.predictor(h_u), t_i) + cosine_loss(self.predictor(h_i), t_u)
         feature = h_u.new_zeros(())
         distinct, (at,) = distinct_rows(batch.items)
         for m in self.modalities:
-            z = self.projections[m](self.features[m][distinct])[at]  # (B, d), each item once
+            z = self.projections[m](take_rows(self.features[m], distinct))  # each item once
+            z = take_rows(z, at)  # (B, d)
             z_online = self.predictor(z)
             feature = feature + cosine_loss(z_online, t_i) + cosine_loss(z_online, self.target(z))
         if p.modality_weight == "capped":

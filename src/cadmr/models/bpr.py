@@ -17,7 +17,13 @@ import torch
 
 from cadmr.data.leakage import LeakageGuard
 from cadmr.models.base import TorchRecommender
-from cadmr.models.layers import bpr_loss, check_reg_form, embedding_penalty, id_embeddings
+from cadmr.models.layers import (
+    bpr_loss,
+    check_reg_form,
+    embedding_penalty,
+    id_embeddings,
+    triplet_rows,
+)
 from cadmr.models.sampling import ShuffledBatches, TripletBatch, TripletSampler
 
 
@@ -66,9 +72,7 @@ class BPRMF(TorchRecommender):
         return self.sampler.epoch(rng, batch_size)
 
     def loss(self, batch: TripletBatch) -> torch.Tensor:
-        u = self.user_emb[batch.users]  # (B, d)
-        p = self.item_emb[batch.pos]
-        n = self.item_emb[batch.neg]
+        u, p, n = triplet_rows(self.user_emb, self.item_emb, batch)  # (B, d) each
         ranking = bpr_loss((u * p).sum(1), (u * n).sum(1))
         reg = embedding_penalty(self.params.reg_form, u, p, n)
         return ranking + self.params.reg_weight * reg

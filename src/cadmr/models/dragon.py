@@ -73,7 +73,9 @@ from cadmr.models.layers import (
     l2_per_example,
     propagate_mean,
     sparse_mm,
+    take_rows,
     to_torch_sparse,
+    triplet_rows,
 )
 from cadmr.models.sampling import ShuffledBatches, TripletBatch, TripletSampler
 
@@ -267,11 +269,11 @@ class DRAGON(CachedEmbeddingScores, TorchRecommender):
 
     def loss(self, batch: TripletBatch) -> torch.Tensor:
         users, items = self.representations()
-        u, p, n = users[batch.users], items[batch.pos], items[batch.neg]  # (B, N d)
+        u, p, n = triplet_rows(users, items, batch)  # (B, N d)
         ranking = bpr_loss((u * p).sum(1), (u * n).sum(1)) / _LN2  # -mean log2 sigmoid
         d = self.params.embedding_size
         # mean of the squared entries = per-example sum / d
-        reg = sum(l2_per_example(pref[batch.users]) for pref in self.preferences) / d
+        reg = sum(l2_per_example(take_rows(pref, batch.users)) for pref in self.preferences) / d
         reg = reg + self.user_weights.pow(2).mean()
         return ranking + self.params.reg_weight * reg
 

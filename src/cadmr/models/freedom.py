@@ -64,7 +64,9 @@ from cadmr.models.layers import (
     normalized_bipartite_adjacency,
     propagate_mean,
     sparse_mm,
+    take_rows,
     to_torch_sparse,
+    triplet_rows,
 )
 from cadmr.models.sampling import ShuffledBatches, TripletBatch
 
@@ -206,14 +208,14 @@ class FREEDOM(CachedEmbeddingScores, BPRMF):
 
     def loss(self, batch: TripletBatch) -> torch.Tensor:
         users, items = self.propagate(self.train_adj)
-        u, p, n = users[batch.users], items[batch.pos], items[batch.neg]  # (B, d) each
+        u, p, n = triplet_rows(users, items, batch)  # (B, d) each
         loss = bpr_loss((u * p).sum(1), (u * n).sum(1))
         if self.params.reg_weight > 0:
             modal = 0.0
             distinct, (at_p, at_n) = distinct_rows(batch.pos, batch.neg)
             for m in self.modalities:
-                z = self.projections[m](self.features[m][distinct])  # each item once
-                fp, fn = z[at_p], z[at_n]  # (B, d) each
+                z = self.projections[m](take_rows(self.features[m], distinct))  # each item once
+                fp, fn = take_rows(z, at_p), take_rows(z, at_n)  # (B, d) each
                 modal = modal + bpr_loss((u * fp).sum(1), (u * fn).sum(1))
             loss = loss + self.params.reg_weight * modal
         return loss

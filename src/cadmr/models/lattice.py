@@ -69,6 +69,7 @@ from cadmr.models.layers import (
     modality_features,
     modality_projections,
     propagate_mean,
+    triplet_rows,
 )
 from cadmr.models.sampling import ShuffledBatches, TripletBatch
 
@@ -249,7 +250,7 @@ class LATTICE(CachedEmbeddingScores, BPRMF):
         else:
             graph = self._graph
         users, items = self.propagate(graph)
-        u, p, n = users[batch.users], items[batch.pos], items[batch.neg]  # (B, d) each
+        u, p, n = triplet_rows(users, items, batch)  # (B, d) each
         ranking = bpr_loss((u * p).sum(1), (u * n).sum(1))
         return ranking + self.params.reg_weight * 0.5 * l2_per_example(u, p, n)
 

@@ -25,6 +25,7 @@ from cadmr.models.layers import (
     checked_bipartite_adjacency,
     embedding_penalty,
     propagate_mean,
+    triplet_rows,
 )
 from cadmr.models.sampling import TripletBatch
 
@@ -76,9 +77,9 @@ class LightGCN(CachedEmbeddingScores, BPRMF):
 
     def loss(self, batch: TripletBatch) -> torch.Tensor:
         users, items = self.propagate()
-        u, p, n = users[batch.users], items[batch.pos], items[batch.neg]
+        u, p, n = triplet_rows(users, items, batch)
         ranking = bpr_loss((u * p).sum(1), (u * n).sum(1))
-        ego = (self.user_emb[batch.users], self.item_emb[batch.pos], self.item_emb[batch.neg])
+        ego = triplet_rows(self.user_emb, self.item_emb, batch)
         reg = embedding_penalty(self.params.reg_form, *ego)
         return ranking + self.params.reg_weight * reg
 

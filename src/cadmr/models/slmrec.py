@@ -71,6 +71,7 @@ from cadmr.models.layers import (
     modality_projections,
     propagate_mean,
     symmetric_spmm,
+    take_rows,
 )
 from cadmr.models.sampling import PairBatch, PairSampler, ShuffledBatches
 
@@ -225,9 +226,9 @@ class SLMRec(CachedEmbeddingScores, TorchRecommender):
         """Final (users (B_u, d), items (B_i, d)) embeddings of the given rows (all if None)."""
         u, i = out[: self.n_users], out[self.n_users :]
         if users is not None:
-            u = u[users]
+            u = take_rows(u, users)
         if items is not None:
-            i = i[items]
+            i = take_rows(i, items)
         return self.user_out(self.fuse(u)), self.item_out(self.fuse(i))
 
     # ---- training -----------------------------------------------------------------------
@@ -260,7 +261,7 @@ class SLMRec(CachedEmbeddingScores, TorchRecommender):
     def fac_loss(self, out: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Fine-and-coarse InfoNCE of the batch's items (module docstring)."""
         d = self.params.embedding_size
-        rows = out[self.n_users :][items]  # (B, (N + 1) d)
+        rows = take_rows(out[self.n_users :], items)  # (B, (N + 1) d)
         x = self.fac_id(rows[:, :d])  # (B, dims[0])
         loss = rows.new_zeros(())
         for k, m in enumerate(self.modalities):

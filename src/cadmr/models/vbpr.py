@@ -29,6 +29,7 @@ from cadmr.models.layers import (
     distinct_rows,
     embedding_penalty,
     feature_tensor,
+    take_rows,
 )
 from cadmr.models.sampling import TripletBatch
 
@@ -109,21 +110,22 @@ class VBPR(CachedEmbeddingScores, BPRMF):
 
     def item_terms(self, items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(E f_i (N, d), beta_i + beta'.f_i (N,)) for ``items`` (all items when None)."""
-        f = self.features if items is None else self.features[items]
-        bias = self.item_bias if items is None else self.item_bias[items]
+        f = self.features if items is None else take_rows(self.features, items)
+        bias = self.item_bias if items is None else take_rows(self.item_bias, items)
         return self.projection(f), bias + self.feature_bias(f).squeeze(1)
 
     def loss(self, batch: TripletBatch) -> torch.Tensor:
         users, pos, neg = batch.users, batch.pos, batch.neg  # (B,) int64 each
-        gu, tu = self.user_emb[users], self.user_content[users]
+        gu, tu = take_rows(self.user_emb, users), take_rows(self.user_content, users)
         distinct, (at_p, at_n) = distinct_rows(pos, neg)  # each item projected once
         content, bias = self.item_terms(distinct)
-        content_p, content_n, bias_p, bias_n = content[at_p], content[at_n], bias[at_p], bias[at_n]
-        gp, gn = self.item_emb[pos], self.item_emb[neg]
+        content_p, content_n = take_rows(content, at_p), take_rows(content, at_n)
+        bias_p, bias_n = take_rows(bias, at_p), take_rows(bias, at_n)
+        gp, gn = take_rows(self.item_emb, pos), take_rows(self.item_emb, neg)
         x_p = bias_p + (gu * gp).sum(1) + (tu * content_p).sum(1)
         x_n = bias_n + (gu * gn).sum(1) + (tu * content_n).sum(1)
         p = self.params
-        biases = (self.item_bias[pos, None], self.item_bias[neg, None])
+        biases = (take_rows(self.item_bias, pos)[:, None], take_rows(self.item_bias, neg)[:, None])
         reg = embedding_penalty(p.reg_form, gu, tu, gp, gn, *biases)
         loss = bpr_loss(x_p, x_n) + p.reg_weight * reg
         if p.feature_reg_weight > 0:
