@@ -74,7 +74,13 @@ from cadmr.errors import CadmrValueError
 from cadmr.models.disentangle import TC_ESTIMATORS
 from cadmr.models.graphs import memo_knn_neighbours
 from cadmr.models.kernel_ae import ItemBatch, KernelAE, KernelAEParams, paper_adam
-from cadmr.models.layers import item_content, shared_kernels, sparse_mm, to_torch_sparse
+from cadmr.models.layers import (
+    item_content,
+    shared_kernels,
+    sparse_mm,
+    take_rows,
+    to_torch_sparse,
+)
 from cadmr.models.sampling import ShuffledBatches
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
@@ -368,7 +374,9 @@ class RatingCrossAttention(nn.Module):
             scores = q @ self._split(keys).transpose(1, 2)  # (h, B, I)
             scores[:, torch.arange(len(items)), items] = float("-inf")
         else:
-            keys = keys[candidates].view(*candidates.shape, self.heads, -1)  # (B, k, h, d)
+            keys = take_rows(keys, candidates).view(
+                *candidates.shape, self.heads, -1
+            )  # (B, k, h, d)
             scores = torch.einsum("hbd,bkhd->hbk", q, keys)
         return torch.softmax(scores / math.sqrt(q.shape[-1]), dim=-1)
 
@@ -562,7 +570,7 @@ class CADMR(KernelAE):
         features = self.features if features is None else features
         index = None if items is None else self.tensor(np.asarray(items, dtype=np.int64))
         return {
-            m: self.extractors[m](features[m] if index is None else features[m][index])
+            m: self.extractors[m](features[m] if index is None else take_rows(features[m], index))
             for m in self.modalities
         }
 
@@ -584,11 +592,11 @@ class CADMR(KernelAE):
         the query rows (default: the items' rows of R)."""
         index = self.tensor(np.asarray(items, dtype=np.int64))
         if not self.params.use_attention or self.rated_attention:
-            return self.attention.value(fused[index])
+            return self.attention.value(take_rows(fused, index))
         rows = self.query_rows[items] if rows is None else rows
         out = self.attention(to_torch_sparse(rows, self.device), fused)
         if self.params.value_skip:
-            out = out + self.attention.value(fused[index])
+            out = out + self.attention.value(take_rows(fused, index))
         return out
 
     @classmethod
@@ -658,7 +666,7 @@ class CADMR(KernelAE):
         index = self.tensor(np.asarray(items, dtype=np.int64))
         candidates = None if self.candidates is None else self.candidates[index]
         a = self.attention.candidate_weights(
-            to_torch_sparse(rows, self.device), fused[index], fused, index, candidates
+            to_torch_sparse(rows, self.device), take_rows(fused, index), fused, index, candidates
         )
         return a, candidates
 
@@ -706,10 +714,13 @@ class CADMR(KernelAE):
         for every entry e, over the rows' non-zeros only."""
         rows = values[sources]  # (entries, U)
         per_entry = np.repeat(np.arange(len(sources)), np.diff(rows.indptr))
-        weight = weights[self.tensor(per_entry)] * self.tensor(rows.data).to(weights.dtype)
-        index = (self.tensor(owners[per_entry]), self.tensor(rows.indices.astype(np.int64)))
-        out = weights.new_zeros(n_out, self.n_users)
-        return out.index_put_(index, weight, accumulate=True)
+        data = self.tensor(rows.data).to(weights.dtype)
+        weight = take_rows(weights, self.tensor(per_entry)) * data
+        # entry (owner, user) of the flattened (n_out, U) output; index_add_ sums in the
+        # same order as index_put_(accumulate=True) and its backward is a row gather
+        flat = self.tensor(owners[per_entry].astype(np.int64) * self.n_users + rows.indices)
+        out = weights.new_zeros(n_out * self.n_users)
+        return out.index_add_(0, flat, weight).view(n_out, self.n_users)
 
     # ----------------------------------------------------------------- training
 
