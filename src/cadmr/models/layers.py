@@ -156,7 +156,9 @@ class _LearnedGraphMM(torch.autograd.Function):
             d_values = torch.empty_like(values)
             for i in range(0, values.shape[0], GRAPH_GRAD_CHUNK):
                 r, c = indices[0, i : i + GRAPH_GRAD_CHUNK], indices[1, i : i + GRAPH_GRAD_CHUNK]
-                d_values[i : i + GRAPH_GRAD_CHUNK] = torch.linalg.vecdot(grad[r], x[c])
+                d_values[i : i + GRAPH_GRAD_CHUNK] = torch.linalg.vecdot(
+                    take_rows(grad, r), take_rows(x, c)
+                )
         if ctx.needs_input_grad[2]:
             a_t = torch.sparse_coo_tensor(
                 indices.flip(0), values, (x.shape[0], grad.shape[0]), check_invariants=False
@@ -190,13 +192,13 @@ class _ConstantSpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, x: torch.Tensor, symmetric: bool) -> torch.Tensor:  # type: ignore[override]
         ctx.a, ctx.symmetric = a, symmetric
-        return torch.sparse.mm(a, x)
+        return csr_mm(a, x)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:  # type: ignore[override]
         a = ctx.a
         if ctx.symmetric:
-            return None, torch.sparse.mm(a, grad), None
+            return None, csr_mm(a, grad), None
         if a.device.type == "cpu":
             return None, _transposed_mm_scipy(a, grad), None
         return None, _transposed_mm_torch(a, grad), None  # no scipy on another device
@@ -216,10 +218,24 @@ def _transposed_mm_torch(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.sparse.mm(a.to_sparse_coo().t(), x)
 
 
+def csr_mm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``a @ x`` for a CSR ``a`` and a dense ``x``, neither differentiated here (use
+    ``sparse_mm`` otherwise). On the CPU the product is written by ``addmm`` into a fresh
+    output that is also its input, scaled by beta = 0: the same values as
+    ``torch.sparse.mm`` bit for bit, without its zero-filled input copied into the output
+    first (LightGCN's Baby-size graph, 26,495 nodes x 64 columns: 4.4 -> 2.7 ms)."""
+    if a.layout != torch.sparse_csr or a.device.type != "cpu" or x.dim() != 2 or x.dtype != a.dtype:
+        return torch.sparse.mm(a, x)
+    out = x.new_empty(a.shape[0], x.shape[1])
+    return torch.addmm(out, a, x, beta=0, out=out)
+
+
 def sparse_mm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``a @ x`` for a sparse ``a`` (CSR or COO) and dense ``x``; a constant CSR ``a`` (data,
     not a parameter) takes the fast backward of ``_ConstantSpMM``."""
-    if a.layout == torch.sparse_csr and not a.requires_grad and x.requires_grad:
+    if a.layout == torch.sparse_csr and not a.requires_grad:
+        if not (x.requires_grad and torch.is_grad_enabled()):
+            return csr_mm(a, x)
         return _ConstantSpMM.apply(a, x, False)
     return torch.sparse.mm(a, x)
 
