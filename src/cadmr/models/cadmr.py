@@ -374,9 +374,8 @@ class RatingCrossAttention(nn.Module):
             scores = q @ self._split(keys).transpose(1, 2)  # (h, B, I)
             scores[:, torch.arange(len(items)), items] = float("-inf")
         else:
-            keys = take_rows(keys, candidates).view(
-                *candidates.shape, self.heads, -1
-            )  # (B, k, h, d)
+            keys = take_rows(keys, candidates)  # (B, k, h d)
+            keys = keys.view(*candidates.shape, self.heads, -1)  # (B, k, h, d)
             scores = torch.einsum("hbd,bkhd->hbk", q, keys)
         return torch.softmax(scores / math.sqrt(q.shape[-1]), dim=-1)
 

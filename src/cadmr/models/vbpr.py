@@ -30,6 +30,7 @@ from cadmr.models.layers import (
     embedding_penalty,
     feature_tensor,
     take_rows,
+    triplet_rows,
 )
 from cadmr.models.sampling import TripletBatch
 
@@ -116,12 +117,12 @@ class VBPR(CachedEmbeddingScores, BPRMF):
 
     def loss(self, batch: TripletBatch) -> torch.Tensor:
         users, pos, neg = batch.users, batch.pos, batch.neg  # (B,) int64 each
-        gu, tu = take_rows(self.user_emb, users), take_rows(self.user_content, users)
+        gu, gp, gn = triplet_rows(self.user_emb, self.item_emb, batch)  # (B, d) each
+        tu = take_rows(self.user_content, users)
         distinct, (at_p, at_n) = distinct_rows(pos, neg)  # each item projected once
         content, bias = self.item_terms(distinct)
         content_p, content_n = take_rows(content, at_p), take_rows(content, at_n)
         bias_p, bias_n = take_rows(bias, at_p), take_rows(bias, at_n)
-        gp, gn = take_rows(self.item_emb, pos), take_rows(self.item_emb, neg)
         x_p = bias_p + (gu * gp).sum(1) + (tu * content_p).sum(1)
         x_n = bias_n + (gu * gn).sum(1) + (tu * content_n).sum(1)
         p = self.params
