@@ -784,7 +784,7 @@ class CADMR(KernelAE):
         owners = np.repeat(np.arange(len(items)), counts)
         first = np.repeat(np.cumsum(counts) - counts, counts)
         flat = order[np.repeat(starts, counts) + np.arange(counts.sum()) - first]  # j * k + s
-        weights = mix.reshape(-1)[self.tensor(flat)]
+        weights = take_rows(mix.reshape(-1), self.tensor(flat))
         return self._weighted_rows(
             owners, flat // mix.shape[1], weights, self._share_rows, len(items)
         )
