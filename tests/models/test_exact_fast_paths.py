@@ -89,3 +89,65 @@ def test_sparse_mm_values_and_gradient_equal_torch_sparse_mm():
     torch.testing.assert_close(fast_grad, slow_grad)  # a^T @ g through scipy: other rounding
     with torch.no_grad():
         assert torch.equal(sparse_mm(a, x), torch.sparse.mm(a, x))
+
+
+def test_csr_rows_are_the_matrix_rows_in_any_order():
+    m = sp.random(40, 30, density=0.1, random_state=2, format="csr", dtype=np.float32)
+    m[5] = 0  # an empty row
+    m.eliminate_zeros()
+    a = to_torch_sparse(m)
+    rows = torch.tensor([7, 5, 0, 39, 7, 12])  # unsorted, repeated, empty
+    sub = layers.csr_rows(a, rows)
+    assert sub.layout == torch.sparse_csr and sub.shape == (6, 30)
+    assert torch.equal(sub.to_dense(), a.to_dense()[rows])
+    assert layers.csr_rows(a, torch.tensor([], dtype=torch.long)).shape == (0, 30)
+
+
+def _symmetric_graph(n_users: int, n_items: int, seed: int) -> torch.Tensor:
+    r = sp.random(n_users, n_items, density=0.05, random_state=seed, format="csr")
+    r.data[:] = 1.0
+    return to_torch_sparse(layers.normalized_bipartite_adjacency(r))
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 2, 3])
+@pytest.mark.parametrize("n_rows", [30, 400])  # the last layer at the rows; the full product
+def test_propagate_mean_rows_equals_gathering_the_full_mean(n_layers, n_rows):
+    adj = _symmetric_graph(300, 200, seed=3)  # 500 nodes
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randperm(500, generator=gen)[:n_rows].sort().values
+    weight = torch.randn(n_rows, 16, generator=gen)
+    results = []
+    for path in ("rows", "full"):
+        ego = torch.randn(500, 16, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        if path == "rows":
+            out = layers.propagate_mean_rows(adj, ego, n_layers, rows)
+        else:
+            out = layers.take_rows(layers.propagate_mean(adj, ego, n_layers), rows)
+        (out * weight).sum().backward()
+        results.append((out.detach(), ego.grad))
+    (fast, fast_grad), (slow, slow_grad) = results
+    assert torch.equal(fast, slow) and torch.equal(fast_grad, slow_grad)
+
+
+def test_lightgcn_loss_at_the_batch_rows_equals_the_full_propagation():
+    # a batch of 16 triplets touches under half of the 130 nodes: the row path
+    data = small_dataset(n_users=80, n_items=50, n_interactions=600)
+    model = ready_model("lightgcn", data)
+    batch = next(iter(model.batches(np.random.default_rng(0), 16)))
+    rows, _ = layers.distinct_rows(batch.users, batch.pos + 80, batch.neg + 80)
+    assert 2 * len(rows) < 130
+
+    def full_loss(batch) -> torch.Tensor:  # the loss as written before the row path
+        u, p, n = layers.triplet_rows(*model.propagate(), batch)
+        ranking = layers.bpr_loss((u * p).sum(1), (u * n).sum(1))
+        ego = layers.triplet_rows(model.user_emb, model.item_emb, batch)
+        return ranking + model.params.reg_weight * layers.embedding_penalty("squared", *ego)
+
+    results = []
+    for loss in (model.loss, full_loss):
+        model.zero_grad(set_to_none=True)
+        value = loss(batch)
+        value.backward()
+        results.append((value.detach(), model.user_emb.grad, model.item_emb.grad))
+    for fast, slow in zip(*results, strict=True):
+        assert torch.equal(fast, slow)

@@ -240,6 +240,23 @@ def sparse_mm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.sparse.mm(a, x)
 
 
+def csr_rows(a: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` (int64) of a CSR ``a`` as a (len(rows), n_cols) CSR, each row's entries
+    in ``a``'s order, so products with it give ``a``'s rows bit for bit (torch has no
+    ``index_select`` for CSR tensors)."""
+    crow, col = a.crow_indices(), a.col_indices()
+    starts = crow[rows]
+    lengths = crow[rows + 1] - starts
+    new_crow = lengths.new_zeros(len(rows) + 1)
+    torch.cumsum(lengths, 0, out=new_crow[1:])
+    total = int(new_crow[-1])
+    shift = torch.repeat_interleave(starts - new_crow[:-1], lengths, output_size=total)
+    at = torch.arange(total, dtype=crow.dtype, device=crow.device) + shift
+    return torch.sparse_csr_tensor(
+        new_crow, col[at], a.values()[at], (len(rows), a.shape[1]), check_invariants=False
+    )
+
+
 def symmetric_spmm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``adj @ x`` with gradient to ``x`` only; ``adj`` must be symmetric (not checked: the
     callers pass ``checked_bipartite_adjacency``'s D^-1/2 A D^-1/2)."""
@@ -254,6 +271,27 @@ def propagate_mean(adj: torch.Tensor, ego: torch.Tensor, n_layers: int) -> torch
     for _ in range(n_layers):
         layer = symmetric_spmm(adj, layer)
         out = out + layer
+    return out / (n_layers + 1)
+
+
+def propagate_mean_rows(
+    adj: torch.Tensor, ego: torch.Tensor, n_layers: int, rows: torch.Tensor
+) -> torch.Tensor:
+    """``take_rows(propagate_mean(adj, ego, n_layers), rows)`` bit for bit, values and
+    gradients, for distinct ``rows`` (int64): a training batch needs the mean only at its
+    own nodes, so the last layer is propagated there alone, through ``adj``'s rows
+    ``rows`` (on the CPU its backward is scipy's transposed product on them). A BPR batch of
+    2,048 on Baby touches 18 % of the graph's nodes and 38 % of its non-zeros; on lfm2k,
+    ml100k or Scientific two thirds or more of the nodes, where the row extraction costs
+    more than it saves, so batches covering over half the nodes take the full product."""
+    if n_layers == 0 or 2 * len(rows) > adj.shape[0]:
+        return take_rows(propagate_mean(adj, ego, n_layers), rows)
+    out = take_rows(ego, rows)
+    layer = ego
+    for _ in range(n_layers - 1):
+        layer = symmetric_spmm(adj, layer)
+        out = out + take_rows(layer, rows)
+    out = out + sparse_mm(csr_rows(adj, rows), layer)
     return out / (n_layers + 1)
 
 

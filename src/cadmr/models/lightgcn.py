@@ -23,8 +23,11 @@ from cadmr.models.layers import (
     bpr_loss,
     check_reg_form,
     checked_bipartite_adjacency,
+    distinct_rows,
     embedding_penalty,
     propagate_mean,
+    propagate_mean_rows,
+    take_rows,
     triplet_rows,
 )
 from cadmr.models.sampling import TripletBatch
@@ -76,8 +79,11 @@ class LightGCN(CachedEmbeddingScores, BPRMF):
         return out[: self.n_users], out[self.n_users :]
 
     def loss(self, batch: TripletBatch) -> torch.Tensor:
-        users, items = self.propagate()
-        u, p, n = triplet_rows(users, items, batch)
+        # the propagated embeddings at the batch's nodes only (items after the users)
+        rows, at = distinct_rows(batch.users, batch.pos + self.n_users, batch.neg + self.n_users)
+        ego = torch.cat([self.user_emb, self.item_emb])  # (U + I, d)
+        out = propagate_mean_rows(self.adj, ego, self.params.n_layers, rows)
+        u, p, n = (take_rows(out, i) for i in at)
         ranking = bpr_loss((u * p).sum(1), (u * n).sum(1))
         ego = triplet_rows(self.user_emb, self.item_emb, batch)
         reg = embedding_penalty(self.params.reg_form, *ego)
