@@ -748,8 +748,9 @@ class CADMR(KernelAE):
         if p.extractor_objective == "align":
             loss = loss + F.mse_loss(self.align_head(self.fuse(codes)), code.detach())
         elif p.extractor_objective == "reconstruct":
+            rows = self.tensor(items)
             for m in self.modalities:
-                target = F.layer_norm(self.features[m][self.tensor(items)], (self.feature_dims[m],))
+                target = F.layer_norm(take_rows(self.features[m], rows), (self.feature_dims[m],))
                 loss = loss + F.mse_loss(self.reconstruct_heads[m](codes[m]), target)
         if p.tc_weight > 0 and len(items) > 1:
             loss = loss + p.tc_weight * self.total_correlation(codes)
