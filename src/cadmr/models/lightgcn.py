@@ -85,8 +85,8 @@ class LightGCN(CachedEmbeddingScores, BPRMF):
         out = propagate_mean_rows(self.adj, ego, self.params.n_layers, rows)
         u, p, n = (take_rows(out, i) for i in at)
         ranking = bpr_loss((u * p).sum(1), (u * n).sum(1))
-        ego = triplet_rows(self.user_emb, self.item_emb, batch)
-        reg = embedding_penalty(self.params.reg_form, *ego)
+        ego_rows = triplet_rows(self.user_emb, self.item_emb, batch)  # the penalty's
+        reg = embedding_penalty(self.params.reg_form, *ego_rows)
         return ranking + self.params.reg_weight * reg
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
