@@ -141,7 +141,8 @@ def test_lightgcn_loss_at_the_batch_rows_equals_the_full_propagation():
         u, p, n = layers.triplet_rows(*model.propagate(), batch)
         ranking = layers.bpr_loss((u * p).sum(1), (u * n).sum(1))
         ego = layers.triplet_rows(model.user_emb, model.item_emb, batch)
-        return ranking + model.params.reg_weight * layers.embedding_penalty("squared", *ego)
+        reg = layers.embedding_penalty(model.params.reg_form, *ego)
+        return ranking + model.params.reg_weight * reg
 
     results = []
     for loss in (model.loss, full_loss):
