@@ -209,7 +209,7 @@ def test_residual_refinement_adds_the_interaction_rows(data):
     out.pow(2).sum().backward()
     grads = [p.grad.clone() for p in model.ffn.parameters()]
     model.zero_grad()
-    dense = torch.from_numpy(model.item_user[items].toarray()) + model.ffn(
+    dense = torch.from_numpy(model.input_matrix[items].toarray()) + model.ffn(
         model.context(items, model.fuse(model.modality_codes()))
     )
     dense.pow(2).sum().backward()
@@ -283,10 +283,11 @@ def test_rated_attention_mixes_the_candidates_training_rows(data):
         outside[torch.arange(4)[:, None], model.candidates[items]] = False
         assert (weights[:, outside] == 0).all() and (weights[:, ~outside] > 0).all()
         mixed = torch.einsum("h,hbi->bi", model.attention.gates, weights)
-        ratings = torch.from_numpy(model.item_user.toarray())
+        ratings = torch.from_numpy(model.item_user.toarray())  # the values: R itself
+        inputs = torch.from_numpy(model.input_matrix.toarray())  # the autoencoder's rows
         fused = model.fuse(model.modality_codes())
         own = model.ffn(model.attention.value(fused[items]))
-        want = ratings[items] + own + mixed @ ratings
+        want = inputs[items] + own + mixed @ ratings
         torch.testing.assert_close(model.refine(items, fused), want, rtol=1e-5, atol=1e-5)
 
 
@@ -630,6 +631,7 @@ def test_checkpoints_from_before_rating_values_load_with_feature_values(data, tm
     model, _ = load_model(tmp_path / "old.pt", data)
     assert model.params.attention_values == "features" and not model.rated_attention
     assert CADMR.saved_params({"attention_values": "ratings"})["attention_values"] == "ratings"
+    assert CADMR.saved_params({})["input_norm"] == "none"  # the autoencoder's upgrade too
 
 
 def test_checkpoints_from_before_the_output_path_load_without_it(data, tmp_path):

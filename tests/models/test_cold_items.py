@@ -99,7 +99,7 @@ def test_cadmr_item_dropout_empties_whole_rows_while_fine_tuning(cold):
     empty = np.diff(rows.indptr) == 0
     assert 0.8 < empty.mean() < 0.97
     kept = ~empty
-    np.testing.assert_array_equal(rows[kept].toarray(), model.item_user[items[kept]].toarray())
+    np.testing.assert_array_equal(rows[kept].toarray(), model.input_matrix[items[kept]].toarray())
     model.start_phase("pretrain")  # the autoencoder's own phase is untouched
     assert (np.diff(model.rating_rows(items, corrupt=True).indptr) > 0).all()
 

@@ -90,7 +90,7 @@ def test_score_equals_columns_of_full_reconstruction():
     model.prepare_scoring()
     scores = model.score(users)  # (B, n_items)
     with torch.no_grad():
-        full = model(torch.from_numpy(data.train.T.toarray()))  # (n_items, n_users)
+        full = model(torch.from_numpy(model.input_matrix.toarray()))  # (n_items, n_users)
     torch.testing.assert_close(scores, full[:, users].T)
     assert scores.shape == (3, data.n_items)
 
@@ -103,7 +103,7 @@ def test_scoring_forms_each_kernel_once_in_blocks_of_bounded_rows(monkeypatch):
     model = ready_model(data, hidden=(4, 3), kernel_dim=2)
     model.eval()
     with torch.no_grad():
-        expected = model.encode(torch.from_numpy(model.item_user.toarray()))
+        expected = model.encode(torch.from_numpy(model.input_matrix.toarray()))
     calls, rows = [], []
     real_apply, real_input_rows = layers.KernelWeight.apply, model.input_rows
     monkeypatch.setattr(layers.KernelWeight, "apply", lambda *a: calls.append(1) or real_apply(*a))
@@ -204,6 +204,8 @@ def test_params_validation():
         KernelAEParams(pos_weight=0.0)
     with pytest.raises(ValueError):
         KernelAEParams(hidden=())
+    with pytest.raises(ValueError, match="input_norm"):
+        KernelAEParams(input_norm="l1")  # type: ignore[arg-type]
 
 
 def test_global_conv_rows_match_a_full_matrix_convolution():
@@ -302,6 +304,33 @@ def test_input_dropout_draws_repeat_with_the_epoch_generator():
         model.batches(np.random.default_rng(7), 2)
         draws.append(model.rating_rows(np.arange(5), corrupt=True).toarray())
     np.testing.assert_array_equal(draws[0], draws[1])
+
+
+def test_input_norm_gives_every_row_the_norm_of_a_mean_row_and_keeps_the_target():
+    # items with 1, 2 and 5 users: raw norms 1, 1.41, 2.24
+    train = sp.csr_matrix(
+        np.array([[1, 0, 1], [0, 1, 1], [0, 1, 1], [0, 0, 1], [0, 0, 1]], np.float32)
+    )
+    data = Dataset.build("norm", {"train": train, "valid": train * 0, "test": train * 0}, {})
+    model = ready_model(data, input_norm="l2", input_dropout=0.5)
+    items = np.arange(3)
+    rows = model.rating_rows(items)
+    mean_nnz = train.nnz / 3
+    np.testing.assert_allclose(sp.linalg.norm(rows, axis=1), np.sqrt(mean_nnz), rtol=1e-6)
+    assert (rows.astype(bool) != model.item_user[items].astype(bool)).nnz == 0  # same users
+    np.testing.assert_array_equal(model.target_rows(items).numpy(), model.item_user.toarray())
+    model.batches(np.random.default_rng(0), 2)
+    model.train()
+    noisy = model.rating_rows(items, corrupt=True)  # normalised first, then corrupted
+    np.testing.assert_allclose(noisy.data, 2.0 * rows.multiply(noisy.astype(bool)).data)
+    plain = ready_model(data, input_norm="none")
+    assert (plain.rating_rows(items) != plain.item_user[items]).nnz == 0  # "none": R as it is
+
+
+def test_checkpoints_from_before_input_norm_read_the_rows_as_they_are():
+    assert KernelAE.saved_params({"pos_weight": 100.0})["input_norm"] == "none"
+    assert KernelAE.saved_params({"input_norm": "l2"})["input_norm"] == "l2"
+    assert KernelAEParams().input_norm == "l2"  # the default since, which old ones lack
 
 
 def test_active_init_gives_unit_preactivation_scale_once():

@@ -508,17 +508,18 @@ class CADMR(KernelAE):
                 q = self.attention.query
                 q.mul_(self.encoder[0].weight.std() / q.std())
             self._query_scaled = True
-        # the cross-attention queries are the same training rows as the autoencoder's input;
-        # checked under their own name so a leak reports which use it reached
+        # the cross-attention queries are the autoencoder's input rows (scaled as
+        # input_norm says); checked under their own name so a leak reports which use it
+        # reached. The attended values are the rows of R itself (item_user).
         self.query_rows = guard.check(
-            self.item_user, "CADMR cross-attention query", layout="item_user"
+            self.input_matrix, "CADMR cross-attention query", layout="item_user"
         )
         self._ratings_t = None
         self._share_rows = self._user_share_rows = None
         if self.output_path:
-            counts = np.asarray(self.query_rows.sum(axis=0), dtype=np.float32).ravel()
+            counts = np.asarray(self.item_user.sum(axis=0), dtype=np.float32).ravel()
             scale = sp.diags(1.0 / np.maximum(counts, 1.0)).astype(np.float32)
-            self._share_rows = sp.csr_matrix(self.query_rows @ scale)
+            self._share_rows = sp.csr_matrix(self.item_user @ scale)
             self._user_share_rows = self._share_rows.T.tocsr()
         if self.rated_attention and self.params.attention_neighbours:
             self.candidates = self.feature_neighbours(self.params.attention_neighbours)
@@ -609,7 +610,7 @@ class CADMR(KernelAE):
     def saved_params(cls, data: Mapping[str, Any]) -> dict[str, Any]:
         """Checkpoints saved before rating-valued attention was the default have no
         ``attention_values``: they were trained with the paper's feature values."""
-        data = dict(data)
+        data = super().saved_params(data)
         if "attention_values" not in data:
             data.update(attention_values="features", attention_neighbours=0)
         # ... and before the output path: the attended rows went to the input only
@@ -647,7 +648,7 @@ class CADMR(KernelAE):
         if self.rated_attention and self.params.neighbour_input:
             if attended is None:
                 attended = self._rated_attention(items, rows, fused)
-            delta = delta + self.neighbour_rows(*attended, self.attention.gates, self.query_rows)
+            delta = delta + self.neighbour_rows(*attended, self.attention.gates, self.item_user)
         if self.params.refine == "replace":
             return delta
         # R + delta, adding R's nonzeros into delta: the same sums as the dense R + delta
@@ -695,7 +696,7 @@ class CADMR(KernelAE):
         mix = torch.einsum("h,hbk->bk", gates, a)
         if candidates is None:
             if self._ratings_t is None:
-                self._ratings_t = to_torch_sparse(self.query_rows.T.tocsr(), self.device)
+                self._ratings_t = to_torch_sparse(self.item_user.T.tocsr(), self.device)
             return sparse_mm(self._ratings_t, mix.T).T
         owners = np.repeat(np.arange(len(candidates)), candidates.shape[1])
         sources = candidates.reshape(-1).cpu().numpy()
@@ -964,15 +965,16 @@ class CADMR(KernelAE):
 class CADMRPaperParams(CADMRParams):
     """CADMR as the paper and GLocal-K write it, with the settings this project used before
     its study of sparse data (docs/cadmr.md, the settings table at the top): GLocal-K's
-    sigmoid units, Xavier initialisation, lambda_2 = 20 and no input corruption, the paper's
-    lambda = 0.5 on the total correlation, the attention output alone as the FFN's input,
-    and end-to-end fine-tuning.
+    sigmoid units, Xavier initialisation, lambda_2 = 20, the rows of R as they are and no
+    input corruption, the paper's lambda = 0.5 on the total correlation, the attention
+    output alone as the FFN's input, and end-to-end fine-tuning.
     """
 
     pos_weight: float = 10.0
     lambda_2: float = 20.0
     lambda_scale: Literal["fixed", "items"] = "fixed"
     input_dropout: float = 0.0
+    input_norm: Literal["none", "l2"] = "none"
     input_init: Literal["xavier", "active"] = "xavier"
     hidden_activation: Literal["sigmoid", "centered_sigmoid", "tanh"] = "sigmoid"
     tc_weight: float = 0.5

@@ -12,11 +12,12 @@ identity local-kernel output layer back to n_users. The score of (user u, item i
 reconstruction of R[i, u]. While training, the input row may be corrupted (``input_dropout``,
 denoising) while the target stays the full row.
 
-The defaults differ from GLocal-K in five places, each chosen on validation because the
+The defaults differ from GLocal-K in six places, each chosen on validation because the
 GLocal-K settings leave the model at popularity level on sparse implicit data (Amazon
-Scientific, Baby): input dropout, the first layer's initial scale, zero-centred sigmoid
-units, a stronger L2 that grows with the catalogue, and the positive weight
-(``KernelAEParams``; evidence in docs/cadmr.md). ``cadmr_paper`` keeps GLocal-K's.
+Scientific, Baby): input rows of equal norm, input dropout, the first layer's initial
+scale, zero-centred sigmoid units, a stronger L2 that grows with the catalogue, and the
+positive weight (``KernelAEParams``; evidence in docs/cadmr.md). ``cadmr_paper`` keeps
+GLocal-K's.
 
 Loss scaling. GLocal-K minimises a SUM over the whole matrix,
 ``J = sum (r - r_hat)^2 + lambda_2/2 * sum W^2 + lambda_s/2 * sum k^2`` (TensorFlow's
@@ -111,6 +112,11 @@ class KernelAEParams:
     hidden_activation: "sigmoid" (GLocal-K), "centered_sigmoid" (sigmoid - 1/2: the same
         functions, the offset absorbed by the next layer's bias, but zero-mean codes, which
         removes the popularity-level plateau at the start of training) or "tanh".
+    input_norm: "none" (GLocal-K: the rows of R as they are) or "l2" (ours): each item's
+        input row scaled, before any corruption, to the L2 norm of a 0/1 row of mean length
+        (Mult-DAE's row normalisation, times a constant that keeps the first layer's scale
+        and L2 meaning what they did), so an item with 5 users gets a code as strong as one
+        with 500; the target stays the raw row.
     """
 
     hidden: tuple[int, ...] = (500, 500)
@@ -125,6 +131,7 @@ class KernelAEParams:
     input_dropout: float = 0.7
     input_init: Literal["xavier", "active"] = "active"
     hidden_activation: Literal["sigmoid", "centered_sigmoid", "tanh"] = "centered_sigmoid"
+    input_norm: Literal["none", "l2"] = "l2"
 
     def __post_init__(self) -> None:
         if not self.hidden or any(h <= 0 for h in self.hidden) or self.kernel_dim <= 0:
@@ -146,6 +153,8 @@ class KernelAEParams:
             raise ValueError(f"input_init must be 'xavier' or 'active', got {self.input_init!r}")
         if not 0.0 <= self.input_dropout < 1.0:
             raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout}")
+        if self.input_norm not in ("none", "l2"):
+            raise ValueError(f"input_norm must be 'none' or 'l2', got {self.input_norm!r}")
 
 
 @dataclass(frozen=True)
@@ -195,6 +204,7 @@ class KernelAE(TorchRecommender):
             self.global_kernel_map = nn.Parameter(torch.empty(n_items, g * g))
             nn.init.trunc_normal_(self.global_kernel_map, std=0.1, a=-0.2, b=0.2)
         self.item_user: sp.csr_matrix | None = None
+        self.input_matrix: sp.csr_matrix | None = None  # item_user as the encoder reads it
         self._input_scaled = False
         self._noise = torch.Generator()  # input dropout's draws (reseeded each epoch)
         self.phase = self.phases()[0]
@@ -213,13 +223,27 @@ class KernelAE(TorchRecommender):
         cold = guard.cold_items
         self.training_items = np.setdiff1d(np.arange(self.n_items), cold) if len(cold) else None
         self._hidden = None
+        mean_nnz = max(r.nnz / max(r.shape[0], 1), 1.0)
+        self.input_matrix = self.item_user
+        if self.params.input_norm == "l2":
+            # every row to the norm of a 0/1 row of mean length: the same overall scale
+            # as the raw rows, so the first layer's init and L2 keep their meaning
+            norms = np.sqrt(np.asarray(r.multiply(r).sum(axis=1), dtype=np.float64).ravel())
+            scale = math.sqrt(mean_nnz) / np.maximum(norms, 1e-12)
+            self.input_matrix = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ r)
         if self.params.input_init == "active" and not self._input_scaled:
             # unit pre-activation variance for an item row of mean length
-            mean_nnz = max(r.nnz / max(r.shape[0], 1), 1.0)
             with torch.no_grad():
                 w = self.encoder[0].weight
                 w.mul_((1.0 / math.sqrt(mean_nnz)) / w.std())
             self._input_scaled = True
+
+    @classmethod
+    def saved_params(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Checkpoints saved before ``input_norm`` existed read the rows as they are."""
+        data = dict(data)
+        data.setdefault("input_norm", "none")
+        return data
 
     def phases(self) -> tuple[str, ...]:
         return ("pretrain", "finetune") if self.params.global_kernel else ("train",)
@@ -256,7 +280,7 @@ class KernelAE(TorchRecommender):
         step = self.dense_block(SCORING_BLOCK)  # the decoder's output is dense
         with shared_kernels(self.kernel_layers()):
             for start in range(0, self.n_items, step):
-                rows = self.item_user[start : start + step]
+                rows = self.input_matrix[start : start + step]
                 blocks.append(self(to_torch_sparse(rows, self.device)).mean(dim=1))
         return torch.cat(blocks)
 
@@ -286,10 +310,10 @@ class KernelAE(TorchRecommender):
         return torch.relu(out[:, 0, 0])  # (B, n_users)
 
     def rating_rows(self, items: np.ndarray, corrupt: bool = False) -> sp.csr_matrix:
-        """Rows of R for ``items``; with ``corrupt`` (a training loss in training mode) and
-        ``input_dropout`` p, each entry is dropped with probability p and the kept ones are
-        scaled by 1 / (1 - p) (denoising)."""
-        rows = self.item_user[items]
+        """Rows of R for ``items``, scaled as ``input_norm`` says; with ``corrupt`` (a
+        training loss in training mode) and ``input_dropout`` p, each entry is dropped with
+        probability p and the kept ones are scaled by 1 / (1 - p) (denoising)."""
+        rows = self.input_matrix[items]
         p = self.params.input_dropout
         if not (corrupt and self.training and p > 0):
             return rows
