@@ -52,13 +52,13 @@ def main() -> None:
     print(f"{data.name}, {args.split}: hit@{args.k} by the item's training users")
     print("| model | " + " | ".join(header) + f" | recall@{args.k} |")
     print("|---|" + "---|" * (len(groups) + 1))
-    counts = [int(((popularity >= lo) & (popularity < hi)).sum()) for lo, hi in groups]
-    print("| interactions | " + " | ".join(f"{c:,}" for c in counts) + " | - |")
+    in_group = [(popularity >= lo) & (popularity < hi) for lo, hi in groups]
+    print("| interactions | " + " | ".join(f"{int(g.sum()):,}" for g in in_group) + " | - |")
     for path in args.checkpoints:
         model = cadmr.load(path, data)
         top = top_items(model, users, args.k)
         hit = (top[owner] == rows.indices[:, None]).any(axis=1)
-        rates = [hit[(popularity >= lo) & (popularity < hi)].mean() for lo, hi in groups]
+        rates = [hit[g].mean() for g in in_group]
         recall = np.bincount(owner, weights=hit, minlength=len(users)) / np.diff(rows.indptr)
         print(f"| {path} | " + " | ".join(f"{r:.4f}" for r in rates) + f" | {recall.mean():.4f} |")
 
