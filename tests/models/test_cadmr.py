@@ -609,8 +609,11 @@ def test_explanations(data, tmp_path):
         model.ffn.weight.zero_()
         model.ffn.bias.zero_()
         model.attention.gates.zero_()
+    # the input path now adds nothing; the item's shares still see the output path
+    assert min(model.explain_item(3).modalities.values()) > 0
     model.params = dataclasses.replace(model.params, neighbour_output=0.0)
     assert set(model.explain_user(0, k=4).modalities.values()) == {0.0}
+    assert set(model.explain_item(3).modalities.values()) == {0.0}
 
     pretrained, _ = load_model(tmp_path / "best-pretrain.pt", data)
     with pytest.raises(ValueError, match="fine-tuned"):

@@ -895,8 +895,8 @@ class CADMR(KernelAE):
     @torch.no_grad()
     def explain_item(self, item: int, top: int = 10) -> Explanation:
         """Items the cross-attention of ``item``'s row attended to most (mean over heads),
-        and each modality's share of the occlusion effect on its refined row (what the
-        multimodal path adds to the item's row of R)."""
+        and each modality's share of the occlusion effect on its reconstructed row (every
+        user's score of the item, through the input path and the output path alike)."""
         self._check_item(item)
         items = np.array([item])
         weights = self.attention_weights(items).mean(dim=0)[0]  # (n_items,)
@@ -939,11 +939,11 @@ class CADMR(KernelAE):
 
     def _attention_occlusion(self, items: np.ndarray) -> dict[str, float]:
         self.eval()
-        base = self.refine(items, self.fuse(self.modality_codes()))
+        base = self.refined_output(items, self.fuse(self.modality_codes()))
         effects = {}
         for m in self.modalities:
-            other = self.refine(items, self.fuse(self.modality_codes(features=self._occluded(m))))
-            effects[m] = float((base - other).norm(dim=1).mean())
+            fused = self.fuse(self.modality_codes(features=self._occluded(m)))
+            effects[m] = float((base - self.refined_output(items, fused)).norm(dim=1).mean())
         return self._shares(effects)
 
     def _score_occlusion(self, user: int, items: np.ndarray) -> dict[str, float]:
