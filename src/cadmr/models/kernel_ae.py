@@ -180,7 +180,8 @@ class KernelAE(TorchRecommender):
     # pos_weight is our adaptation to implicit data and GLocal-K's lambda_2 was never
     # validated for it; neither paper publishes a grid, so this is ours (docs/cadmr.md):
     # sparse catalogues select the large weight and L2 (Scientific: 100, 130), dense ones
-    # the small (ml100k: 3, 13; lfm2k: 10, 13). CADMR inherits it.
+    # the small (ml100k: 3, 13; lfm2k: 3, 13 with equal-norm rows, 10, 13 with raw rows).
+    # CADMR inherits it.
     default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {
         "pos_weight": (3.0, 10.0, 30.0, 100.0, 300.0),
         "lambda_2": (13.0, 130.0),
