@@ -28,9 +28,13 @@ USER_BLOCK = 2048
 
 
 def top_items(model, users: np.ndarray, k: int) -> np.ndarray:
-    """(len(users), k) top-k items, the training items excluded."""
+    """(len(users), k) top-k items, the training items excluded; the model prepares its
+    scoring (an autoencoder encodes every item) once, not once per block of users."""
+    model.prepare_scoring()
     blocks = range(0, len(users), USER_BLOCK)
-    return np.concatenate([model.recommend(users[s : s + USER_BLOCK], k=k)[0] for s in blocks])
+    return np.concatenate(
+        [model.recommend(users[s : s + USER_BLOCK], k=k, prepare=False)[0] for s in blocks]
+    )
 
 
 def main() -> None:
