@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -938,27 +938,28 @@ class CADMR(KernelAE):
             raise IndexError(f"item {item} is not in 0..{self.n_items - 1}")
 
     def _attention_occlusion(self, items: np.ndarray) -> dict[str, float]:
-        self.eval()
-        base = self.refined_output(items, self.fuse(self.modality_codes()))
-        effects = {}
-        for m in self.modalities:
-            fused = self.fuse(self.modality_codes(features=self._occluded(m)))
-            effects[m] = float((base - self.refined_output(items, fused)).norm(dim=1).mean())
-        return self._shares(effects)
+        """Shares of the effect on ``items``' reconstructed rows (mean L2 over the rows)."""
+        return self._occlusion(items, lambda change: change.norm(dim=1).mean())
 
     def _score_occlusion(self, user: int, items: np.ndarray) -> dict[str, float]:
-        self.eval()
+        """Shares of the effect on ``user``'s scores of ``items`` (mean absolute change)."""
         cols = self.tensor([user])
+        return self._occlusion(items, lambda change: change[:, cols].abs().mean())
 
-        def scores(features: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
-            fused = self.fuse(self.modality_codes(features=features))
-            return self.refined_output(items, fused)[:, cols]
+    def _occlusion(
+        self, items: np.ndarray, effect: Callable[[torch.Tensor], torch.Tensor]
+    ) -> dict[str, float]:
+        """Each modality's share of ``effect`` of the change in ``items``' reconstruction,
+        (B, n_users), when that modality is replaced by its catalogue mean."""
+        self.eval()
 
-        base = scores(None)
-        effects = {
-            m: float((base - scores(self._occluded(m))).abs().mean()) for m in self.modalities
-        }
-        return self._shares(effects)
+        def output(features: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+            return self.refined_output(items, self.fuse(self.modality_codes(features=features)))
+
+        base = output(None)
+        return self._shares(
+            {m: float(effect(base - output(self._occluded(m)))) for m in self.modalities}
+        )
 
 
 @dataclass(frozen=True)
