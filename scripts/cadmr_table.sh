@@ -16,6 +16,8 @@
 #    neighbour_reverse); cadmr-in (the attended rows to the input only: our default before
 #    the output path); cadmr-out (the attended rows to the output only); cadmr-tc (the
 #    paper's TC weight 0.5);
+#    cadmr-uniform (no content prior: the attention starts uniform over the candidates,
+#    our default before prior_temperature);
 #    cadmr-no-ca (without cross-attention: each item's own value vector); cadmr-all-items
 #    (rating-valued attention over every item); cadmr-fv (feature-valued attention over
 #    every item plus the item's own value: our default before rating values);
@@ -61,6 +63,7 @@ declare -A variants=(
   [cadmr-out]="cadmr $ours --set params.neighbour_input=false"
   [cadmr-fwd]="cadmr $ours --set params.neighbour_reverse=false"
   [cadmr-tc]="cadmr $ours --set params.tc_weight=0.5"
+  [cadmr-uniform]="cadmr $ours --set params.prior_temperature=0"
   [cadmr-no-ca]="cadmr $ours --set params.use_attention=false"
   [cadmr-all-items]="cadmr $ours --set params.attention_neighbours=0"
   [cadmr-fv]="cadmr $ours --set params.attention_values=features --set params.attention_neighbours=0"
@@ -76,7 +79,7 @@ from cadmr.data.sources import resolve_dataset
 print(int(bool(resolve_dataset(sys.argv[1]).features)))" "$dataset")
 for seed in "${seeds[@]}"; do
   names=(kernel_ae lightgcn)
-  (( has_features )) && names+=(cadmr cadmr-fwd cadmr-in cadmr-out cadmr-tc cadmr-no-ca
+  (( has_features )) && names+=(cadmr cadmr-uniform cadmr-fwd cadmr-in cadmr-out cadmr-tc cadmr-no-ca
     cadmr-all-items cadmr-fv cadmr-fv-ca-only cadmr_paper freedom)
   for v in "${names[@]}"; do
     out=$root/$v-seed$seed

@@ -268,6 +268,39 @@ def test_candidates_are_each_items_nearest_other_items_by_features(data):
         assert set(got) == set(np.argsort(-sim[i])[:5])
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.1, 0.5])
+def test_content_prior_weights_the_candidates_by_their_similarity(data, temperature):
+    """prior_temperature t: each candidate's logit gains cos(i, j) / t, so an attention
+    whose own scores are zero weighs the candidates softmax(cos / t): closer ones more;
+    without the prior it is uniform."""
+    model = ready(
+        data, phase="finetune", attention_neighbours=5, heads=2, prior_temperature=temperature
+    )
+    model.eval()
+    x = np.concatenate(
+        [
+            (f - f.mean(0)) / np.linalg.norm(f - f.mean(0), axis=1, keepdims=True)
+            for f in (data.features[m] for m in model.modalities)
+        ],
+        axis=1,
+    )
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    with torch.no_grad():  # q = 0: only the prior is left in the logits
+        for p in (model.attention.query, model.attention.query_bias):
+            p.zero_()
+        model.attention.query_own.weight.zero_()
+        items = np.array([0, 7, 39])
+        weights = model.attention_weights(items)  # (heads, B, I)
+    for b, i in enumerate(items):
+        cand = model.candidates[i].numpy()
+        cos = torch.from_numpy(x[cand] @ x[i]).float()
+        want = torch.softmax(cos / temperature, 0) if temperature else torch.full((5,), 0.2)
+        for h in range(2):
+            torch.testing.assert_close(weights[h, b, cand], want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="prior_temperature"):
+        CADMRParams(prior_temperature=-1.0)
+
+
 def test_rated_attention_mixes_the_candidates_training_rows(data):
     """attention_values="ratings": weights sum to one over the item's candidates (never
     itself), and the refinement adds sum_h gate_h A_h R to R + FFN(V_i)."""
@@ -718,3 +751,46 @@ def test_multimodal_part_finds_what_only_the_features_reveal(planted, tmp_path):
     assert ae["test"]["recall@20"] < 0.06
     assert full["test"]["recall@20"] > max(0.09, 2 * ae["test"]["recall@20"])
     assert full["selected_phase"] == "finetune"
+
+
+# ---------------------------------------------------------------- the ranking fine-tuning loss
+
+
+def test_in_batch_softmax_is_each_users_log_likelihood_over_the_batch_items():
+    from cadmr.models.cadmr import in_batch_softmax
+
+    out = torch.tensor([[2.0, 0.0, 5.0], [1.0, 3.0, 5.0], [0.0, 0.0, 5.0]])
+    target = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    # user 0 ranks item 0 over {0, 1, 2}; user 1 items 1 and 2; user 2 has none (left out)
+    col0 = torch.log_softmax(out[:, 0] / 0.5, 0)
+    col1 = torch.log_softmax(out[:, 1] / 0.5, 0)
+    expected = -(col0[0] + col1[1] + col1[2]) / 3
+    assert torch.allclose(in_batch_softmax(out, target, 0.5), expected)
+    # the loss falls as a user's item rises above the batch's others, whatever the users
+    # without items score
+    better = out.clone()
+    better[0, 0] += 1.0
+    better[:, 2] = torch.tensor([9.0, -9.0, 0.0])
+    assert in_batch_softmax(better, target, 0.5) < in_batch_softmax(out, target, 0.5)
+    empty = in_batch_softmax(out.requires_grad_(), torch.zeros_like(out), 0.5)
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
+def test_ranking_finetune_loss_reaches_the_attention(data):
+    losses = {}
+    for loss in ("reconstruction", "ranking"):
+        model = ready(data, phase="finetune", finetune_loss=loss)
+        model.train()
+        batch = next(iter(model.batches(np.random.default_rng(0), 16)))
+        value = model.loss(batch)
+        value.backward()
+        assert model.attention.query.grad.abs().sum() > 0
+        losses[loss] = value.item()
+    # a log-likelihood over 16 items: near log 16 at the start, far from the squared error
+    assert (
+        1.0 < losses["ranking"] < 2 * np.log(16) and losses["ranking"] != losses["reconstruction"]
+    )
+    with pytest.raises(ValueError, match="ranking_temperature"):
+        CADMRParams(ranking_temperature=0.0)
+    with pytest.raises(ValueError, match="finetune_loss"):
+        CADMRParams(finetune_loss="bpr")

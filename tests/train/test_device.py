@@ -99,9 +99,10 @@ def test_a_run_folder_from_before_the_device_setting_resumes(tiny, tmp_path):
 
 def test_cached_run_keys_keep_their_value_on_the_cpu(tiny):
     """Keys of runs cached before ``train.device``, ``train.min_epochs`` and CADMR's
-    ``params.neighbour_input`` / ``neighbour_reverse`` existed still find them; another
-    device, a minimum, CADMR's attended rows at the output only or its output path both
-    ways (today's default) is another run."""
+    ``params.neighbour_input`` / ``neighbour_reverse`` / ``prior_temperature`` /
+    ``finetune_loss`` / ``ranking_temperature`` existed still find them; another device, a
+    minimum, CADMR's attended rows at the output only, its output path both ways or its
+    content prior (today's defaults) or its ranking loss is another run."""
     cfg = resolve_run_config("bpr", "synthetic-tiny")
     before = {k: v for k, v in cfg.to_dict().items() if k != "dataset"}
     added = ("progress", "device", "min_epochs")
@@ -112,19 +113,34 @@ def test_cached_run_keys_keep_their_value_on_the_cpu(tiny):
     assert run_key(gpu, tiny) != run_key(cfg, tiny)
     held = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, min_epochs=5))
     assert run_key(held, tiny) != run_key(cfg, tiny)
-    # CADMR's params.neighbour_input and neighbour_reverse came later: at the values that
-    # behave as before (input path on, output path one way) they leave the key alone
+    # CADMR's params.neighbour_input, neighbour_reverse, prior_temperature, finetune_loss
+    # and ranking_temperature came later: at the values that behave as before (input path
+    # on, output path one way, no prior, the reconstruction loss) they leave the key alone
     default = resolve_run_config("cadmr", "synthetic-tiny")
     one_way = dataclasses.replace(
-        default, params=dataclasses.replace(default.params, neighbour_reverse=False)
+        default,
+        params=dataclasses.replace(default.params, neighbour_reverse=False, prior_temperature=0.0),
     )
     before = {k: v for k, v in one_way.to_dict().items() if k != "dataset"}
     before["train"] = {k: v for k, v in before["train"].items() if k not in added}
-    later = ("neighbour_input", "neighbour_reverse")
+    later = (
+        "neighbour_input",
+        "neighbour_reverse",
+        "prior_temperature",
+        "finetune_loss",
+        "ranking_temperature",
+    )
     before["params"] = {k: v for k, v in before["params"].items() if k not in later}
     text = yaml.safe_dump(before, sort_keys=True) + tiny.fingerprint()
     assert run_key(one_way, tiny) == hashlib.sha256(text.encode()).hexdigest()[:16]
     assert run_key(default, tiny) != run_key(one_way, tiny)  # both ways: a new default
+    for change in ({"neighbour_reverse": True}, {"prior_temperature": 0.1}):
+        newer = dataclasses.replace(one_way, params=dataclasses.replace(one_way.params, **change))
+        assert run_key(newer, tiny) != run_key(one_way, tiny)
+    ranked = dataclasses.replace(
+        one_way, params=dataclasses.replace(one_way.params, finetune_loss="ranking")
+    )
+    assert run_key(ranked, tiny) != run_key(one_way, tiny)
     out_only = dataclasses.replace(
         one_way, params=dataclasses.replace(one_way.params, neighbour_input=False)
     )

@@ -93,6 +93,7 @@ ABLATION = {
     "CADMR": "cadmr",
     "with DRL (TC, lambda 0.5)": "cadmr:tc_weight=0.5",
     "output path one way (A, not (A + A^T) / 2)": "cadmr:neighbour_reverse=false",
+    "uniform attention start (no content prior)": "cadmr:prior_temperature=0",
     "attended rows to the input only": "cadmr:neighbour_output=0",
     "attended rows to the output only": "cadmr:neighbour_input=false",
     "w/o CA (own value only)": "cadmr:use_attention=false",

@@ -20,14 +20,22 @@ def run_key(config: RunConfig, dataset: Dataset) -> str:
     bars were shown; neither changes a result. The device is part of the key (a GPU's
     floating-point results differ in the last bits) unless it is the CPU,
     ``train.min_epochs`` unless it is 0, and CADMR's ``params.neighbour_input`` unless it
-    is false and ``params.neighbour_reverse`` unless it is true."""
+    is false, ``params.neighbour_reverse`` unless it is true, ``params.prior_temperature``
+    unless it is above 0 and ``params.finetune_loss`` / ``ranking_temperature`` unless
+    they are "ranking" / not 0.1."""
     cfg = {k: v for k, v in config.to_dict().items() if k != "dataset"}
     # settings added later are left out at the value that behaves as before they existed
-    # (the CPU; no minimum; CADMR's input path on, its output path one way), so keys of
-    # runs cached before them still match
+    # (the CPU; no minimum; CADMR's input path on, its output path one way, no content
+    # prior, the reconstruction loss), so keys of runs cached before them still match
     unchanged = {
         "train": {"device": "cpu", "min_epochs": 0},
-        "params": {"neighbour_input": True, "neighbour_reverse": False},
+        "params": {
+            "neighbour_input": True,
+            "neighbour_reverse": False,
+            "prior_temperature": 0.0,
+            "finetune_loss": "reconstruction",
+            "ranking_temperature": 0.1,
+        },
     }
     cfg["train"] = {k: v for k, v in cfg["train"].items() if k != "progress"}
     for section, defaults in unchanged.items():
