@@ -19,11 +19,12 @@ from pathlib import Path
 from cadmr.experiments import summarize, to_markdown
 
 ORDER = (
-    "cadmr", "cadmr-in", "cadmr-tc", "cadmr-in-tc", "cadmr-no-ca", "cadmr-all-items",
+    "cadmr", "cadmr-uniform", "cadmr-no-ca", "kernel_ae", "ease", "cadmr-fwd", "cadmr-in",
+    "cadmr-out", "cadmr-tc", "cadmr-in-tc", "cadmr-all-items",
     "cadmr-heads1", "cadmr-heads2", "cadmr-heads8", "cadmr-in-heads1", "cadmr-in-heads2",
     "cadmr-in-heads8", "cadmr-fv", "cadmr-fv-tc", "cadmr-fv-ca-only", "cadmr-fv-heads1",
     "cadmr-fv-heads2", "cadmr-fv-heads8", "cadmr-fv-norm", "cadmr_paper", "cadmr-no-tc",
-    "cadmr-frozen", "kernel_ae", "ease", "lightgcn",
+    "cadmr-frozen", "lightgcn",
     "bpr", "vbpr", "lattice", "freedom", "freedom+mg", "dragon", "dragon+mg", "bm3", "slmrec",
     "addvae", "pop",
 )  # fmt: skip

@@ -118,10 +118,10 @@ def test_cadmr_takes_its_cold_defaults_on_a_cold_split_only():
     cold = resolve_run_config("cadmr", "scientific@cold=0.2").params
 
     def chosen(p):
-        return p.cold_dropout, p.finetune_autoencoder, p.neighbour_reverse
+        return p.cold_dropout, p.finetune_autoencoder, p.neighbour_reverse, p.prior_temperature
 
-    assert chosen(warm) == (0.0, False, True)
-    assert chosen(cold) == (0.5, True, False)
+    assert chosen(warm) == (0.0, False, True, 0.1)
+    assert chosen(cold) == (0.5, True, False, 0.0)
     paper = resolve_run_config("cadmr_paper", "scientific@cold=0.2").params
     assert paper == resolve_run_config("cadmr_paper", "scientific").params
     explicit = resolve_run_config("cadmr", "x@cold=0.2", sets=["params.cold_dropout=0.9"])

@@ -157,7 +157,8 @@ class CADMRParams(KernelAEParams):
             learns around it. With the fixed weights softmax(cos / 0.1) the output path of
             the trained autoencoders gained validation Recall@20 +0.011 on every seed of
             Scientific, and was level on lfm2k (-0.0005) and ml100k (-0.0001)
-            (docs/cadmr.md, "A content prior on the attention"). 0 = no prior.
+            (docs/cadmr.md, "A content prior on the attention"). 0 = no prior (the default
+            on a cold-item split, where the prior was lower on validation).
         neighbour_reverse: With the output path: item i's reconstruction also gains the
             rows of the items that have i among their candidates, weighted by their
             attention on i (the attention matrix A used both ways: W x (A + A^T) / 2
@@ -445,10 +446,14 @@ class CADMR(KernelAE):
     # lfm2k and tied on Scientific (0.6160 against no dropout's 0.6164; docs/cadmr.md)
     # on a cold-item split the output path goes one way: both ways was lower on the cold
     # validation items of Scientific, ml100k and lfm2k (docs/cadmr.md, "New items")
+    # and its attention starts uniform: the content prior was lower on the cold validation
+    # items of Scientific (0.6103 against 0.6134) and lfm2k (0.7780 against 0.7788;
+    # docs/cadmr.md, "A content prior on the attention")
     cold_defaults: ClassVar[Mapping[str, Any]] = {
         "cold_dropout": 0.5,
         "finetune_autoencoder": True,
         "neighbour_reverse": False,
+        "prior_temperature": 0.0,
     }
     scoring_block = 512  # query items per attention block when scoring (B x I x heads floats)
 
