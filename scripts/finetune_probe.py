@@ -35,18 +35,20 @@ from cadmr.train.checkpoint import load_checkpoint
 from cadmr.train.loop import train_epoch
 
 
-def trained(model: CADMR, which: str) -> list[torch.nn.Parameter]:
-    autoencoder = {id(p) for layer in model.kernel_layers() for p in layer.parameters()}
+def optimizer_for(model: CADMR, which: str, tc: TrainConfig) -> torch.optim.Optimizer:
+    """The fine-tuning phase's optimizer (``model.make_optimizer``: what a run trains), or
+    the same Adam over the attention with the extractors and fusion, or the autoencoder."""
+    if which == "multimodal":
+        return model.make_optimizer(tc)
     if which == "autoencoder":
-        return [p for p in model.parameters() if id(p) in autoencoder]
-    if which == "attention":
-        return [
+        params = [p for layer in model.kernel_layers() for p in layer.parameters()]
+    else:
+        params = [
             *model.attention.parameters(),
             *model.extractors.parameters(),
             *model.fusion.parameters(),
         ]
-    keep_ae = model.params.finetune_autoencoder
-    return [p for p in model.parameters() if keep_ae or id(p) not in autoencoder]
+    return paper_adam(params, tc.learning_rate, tc.weight_decay)
 
 
 def main() -> None:
@@ -72,9 +74,10 @@ def main() -> None:
         model.start_phase("pretrain")
         model.load_state(ck["model_state"])
         model.start_phase("finetune")
-        optimizer = paper_adam(trained(model, which), lr, 0.0)
+        batch_size = ck["config"]["train"]["batch_size"]
+        tc = TrainConfig(batch_size=batch_size, learning_rate=lr, progress=False)
+        optimizer = optimizer_for(model, which, tc)
         rng, ev = np.random.default_rng(0), EvalConfig()
-        tc = TrainConfig(batch_size=ck["config"]["train"]["batch_size"], progress=False)
         model.eval()
         best = evaluate(model, data, "valid", ev)["recall@20"]
         state, curve, t0 = copy.deepcopy(model.state_dict()), [], time.perf_counter()

@@ -252,15 +252,23 @@ def test_value_skip_adds_each_items_own_value_to_the_attention(data):
         torch.testing.assert_close(skip.context(items, fused), want)
 
 
-def test_candidates_are_each_items_nearest_other_items_by_features(data):
-    model = ready(data, phase="finetune", attention_neighbours=5)
+def content_vectors(data: Dataset, modalities) -> np.ndarray:
+    """Each item's modalities centred and scaled to unit length, concatenated and scaled to
+    unit length again: the dot product of two rows is the candidates' cosine, written out
+    here independently of ``item_content``."""
     x = np.concatenate(
         [
             (f - f.mean(0)) / np.linalg.norm(f - f.mean(0), axis=1, keepdims=True)
-            for f in (data.features[m] for m in model.modalities)
+            for f in (data.features[m] for m in modalities)
         ],
         axis=1,
     )
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_candidates_are_each_items_nearest_other_items_by_features(data):
+    model = ready(data, phase="finetune", attention_neighbours=5)
+    x = content_vectors(data, model.modalities)
     sim = x @ x.T
     np.fill_diagonal(sim, -np.inf)
     assert model.candidates.shape == (data.n_items, 5)
@@ -277,14 +285,7 @@ def test_content_prior_weights_the_candidates_by_their_similarity(data, temperat
         data, phase="finetune", attention_neighbours=5, heads=2, prior_temperature=temperature
     )
     model.eval()
-    x = np.concatenate(
-        [
-            (f - f.mean(0)) / np.linalg.norm(f - f.mean(0), axis=1, keepdims=True)
-            for f in (data.features[m] for m in model.modalities)
-        ],
-        axis=1,
-    )
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = content_vectors(data, model.modalities)
     with torch.no_grad():  # q = 0: only the prior is left in the logits
         for p in (model.attention.query, model.attention.query_bias):
             p.zero_()
