@@ -365,6 +365,23 @@ def test_output_path_adds_the_attended_rows_shares_to_the_reconstruction(data, r
         )
 
 
+def test_scoring_computes_each_items_attention_once(data, monkeypatch):
+    """prepare_scoring queries every item's attention once, for both of its readers (the
+    refined input rows and the output path), not once for each."""
+    model = ready(data, phase="finetune", attention_neighbours=5, neighbour_output=3.0)
+    model.eval()
+    queried = []
+    inner = model._rated_attention
+
+    def counting(items, rows, fused):
+        queried.extend(np.asarray(items).tolist())
+        return inner(items, rows, fused)
+
+    monkeypatch.setattr(model, "_rated_attention", counting)
+    model.prepare_scoring()
+    assert sorted(queried) == list(range(data.n_items))
+
+
 @pytest.mark.parametrize(
     "nowhere",
     [{"neighbour_output": 0.0}, {"attention_neighbours": 0}, {"use_attention": False}],

@@ -502,6 +502,8 @@ class CADMR(KernelAE):
         self._share_rows: sp.csr_matrix | None = None
         self._user_share_rows: sp.csr_matrix | None = None
         self._output_mix: sp.csr_matrix | None = None
+        # prepare_scoring's every_attention: (heads, I, k) probabilities, (I, k) candidates
+        self._attended: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def rated_attention(self) -> bool:
@@ -591,8 +593,7 @@ class CADMR(KernelAE):
 
     def start_phase(self, phase: str) -> None:
         super().start_phase(phase)
-        self._fused = None
-        self._output_mix = None
+        self._fused = self._attended = self._output_mix = None
 
     def make_optimizer(self, tc: Any) -> torch.optim.Optimizer:
         lr = tc.learning_rate
@@ -852,31 +853,48 @@ class CADMR(KernelAE):
         if self.phase == "finetune":
             if self._fused is None:
                 self._fused = self.fuse(self.modality_codes())
-            return self.refine(items, self._fused, corrupt)
+            attended = None
+            if self._attended is not None and not corrupt:  # prepare_scoring's, sliced
+                a, candidates = self._attended
+                index = self.tensor(np.asarray(items, dtype=np.int64))
+                attended = (a[:, index], candidates[index])
+            return self.refine(items, self._fused, corrupt, attended=attended)
         return super().input_rows(items, corrupt)
 
     @torch.no_grad()
     def prepare_scoring(self) -> None:
-        self._fused = self.fuse(self.modality_codes()) if self.phase == "finetune" else None
+        self._fused = self._attended = self._output_mix = None
+        if self.phase == "finetune":
+            self._fused = self.fuse(self.modality_codes())
+            if self.candidates is not None and (self.params.neighbour_input or self.output_path):
+                # once for both readers: the refined input rows and the output path
+                self._attended = self.every_attention(self._fused)
         super().prepare_scoring()
-        self._output_mix = None
         if self.output_path and self.phase == "finetune":
             self._output_mix = self.output_mix(self._fused)
+
+    @torch.no_grad()
+    def every_attention(self, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every item's rating-valued attention over its candidates, queried with its
+        uncorrupted training row, in blocks: (probabilities (heads, I, k), candidates
+        (I, k))."""
+        assert self.candidates is not None
+        step = self.scoring_block
+        blocks = []
+        for start in range(0, self.n_items, step):
+            items = np.arange(start, min(start + step, self.n_items))
+            blocks.append(self._rated_attention(items, self.query_rows[items], fused)[0])
+        return torch.cat(blocks, dim=1), self.candidates
 
     @torch.no_grad()
     def output_mix(self, fused: torch.Tensor) -> sp.csr_matrix:
         """(n_items, n_items) weights M of the output path: score(u, i) gains
         sum_j M_ij R_uj / n_u; row i holds W x item i's attention over its candidates (the
-        heads' mean, queried with its uncorrupted training row); with ``neighbour_reverse``,
-        (M + M^T) / 2."""
-        step = self.scoring_block
-        index, weight = [], []
-        for start in range(0, self.n_items, step):
-            items = np.arange(start, min(start + step, self.n_items))
-            a, candidates = self._rated_attention(items, self.query_rows[items], fused)
-            weight.append(torch.einsum("h,hbk->bk", self.output_weights, a).cpu())
-            index.append(candidates.cpu())
-        w, c = torch.cat(weight).numpy(), torch.cat(index).numpy()
+        heads' mean, ``every_attention``); with ``neighbour_reverse``, (M + M^T) / 2."""
+        attended = self._attended if self._attended is not None else self.every_attention(fused)
+        a, candidates = attended
+        w = torch.einsum("h,hik->ik", self.output_weights, a).cpu().numpy()
+        c = candidates.cpu().numpy()
         rows = np.repeat(np.arange(self.n_items), c.shape[1])
         mix = sp.csr_matrix((w.ravel(), (rows, c.ravel())), shape=(self.n_items, self.n_items))
         return mix if self._reverse is None else sp.csr_matrix((mix + mix.T) * 0.5)
@@ -892,14 +910,14 @@ class CADMR(KernelAE):
         return out
 
     def batches(self, rng: np.random.Generator, batch_size: int) -> ShuffledBatches[ItemBatch]:
-        self._fused = self._output_mix = None  # parameters will change
+        self._fused = self._attended = self._output_mix = None  # parameters will change
         if self.phase == "finetune" and self.params.finetune_batch_size:
             batch_size = self.params.finetune_batch_size
         return super().batches(rng, batch_size)
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         super().load_state(state)
-        self._fused = self._output_mix = None
+        self._fused = self._attended = self._output_mix = None
 
     # ----------------------------------------------------------------- explanations
 
