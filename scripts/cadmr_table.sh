@@ -4,9 +4,10 @@
 #   scripts/cadmr_table.sh DATASET [SEED ...]        (default seeds 0 1 2)
 #   .venv/bin/python scripts/seed_table.py runs/table/DATASET
 #
-# 1. `cadmr tune -m kernel_ae` on the first seed picks the positive weight and lambda_2 from
-#    the model's grid; every autoencoder-based run of every seed uses them (CADMR's
-#    pretraining phase IS the autoencoder, so its best values are CADMR's too).
+# 1. `cadmr tune -m kernel_ae` on the first seed picks the width, the positive weight and
+#    lambda_2 from the model's grid (tables tuned before 2026-12-07 searched no width);
+#    every autoencoder-based run of every seed uses them (CADMR's pretraining phase IS the
+#    autoencoder, so its best values are CADMR's too).
 #    `cadmr_paper` picks its own positive weight from the same values, with the paper's
 #    settings otherwise.
 # 2. Each seed trains: kernel_ae; cadmr (our defaults: rating-valued attention over each
@@ -40,18 +41,19 @@ chosen() {  # `--set` arguments for the parameters a tune run selected on valida
   .venv/bin/python -c "
 import json, sys
 params = json.load(open(sys.argv[1]))['params']
-print(' '.join(f'--set params.{k}={params[k]}' for k in sys.argv[2:]))" "$@"
+print(' '.join(f'--set params.{k}={json.dumps(params[k], separators=(\",\", \":\"))}'
+               for k in sys.argv[2:]))" "$@"
 }
 
-# kernel_ae searches its grid (default_search: positive weight x lambda_2); cadmr_paper the
-# positive weight only, at GLocal-K's lambda_2
+# kernel_ae searches its grid (default_search: width x positive weight x lambda_2);
+# cadmr_paper the positive weight only, at GLocal-K's lambda_2
 [[ -f $root/tune-kernel_ae/results.json ]] || .venv/bin/cadmr tune -m kernel_ae -d "$dataset" \
   --seed "${seeds[0]}" --out "$root/tune-kernel_ae" --resume "${common[@]}" > /dev/null
 skipped() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
 skipped cadmr_paper || [[ -f $root/tune-cadmr_paper/results.json ]] || .venv/bin/cadmr tune \
   -m cadmr_paper -d "$dataset" --seed "${seeds[0]}" --out "$root/tune-cadmr_paper" --resume \
   "${common[@]}" --set 'search.pos_weight=[3.0,10.0,30.0,100.0,300.0]' > /dev/null
-ours=$(chosen "$root/tune-kernel_ae/results.json" pos_weight lambda_2)
+ours=$(chosen "$root/tune-kernel_ae/results.json" hidden pos_weight lambda_2)
 paper=""
 skipped cadmr_paper || paper=$(chosen "$root/tune-cadmr_paper/results.json" pos_weight)
 echo "$(date +%T) $dataset: ours $ours; paper's settings $paper"

@@ -208,6 +208,23 @@ def test_params_validation():
         KernelAEParams(input_norm="l1")  # type: ignore[arg-type]
 
 
+def test_grids_search_the_width_only_in_the_published_one():
+    """`cadmr tune` searches the width a catalogue with many users wins with (Baby: 2,000)
+    next to the default, for kernel_ae and CADMR; the budget grid stays at the default
+    width; cadmr_paper searches only its positive weight in both."""
+    from cadmr.train import resolve_run_config
+
+    for name in ("kernel_ae", "cadmr"):
+        published = resolve_run_config(name, "tiny", grid="published").search
+        assert published["hidden"] == ((500, 500), (2000, 2000))
+        assert KernelAEParams().hidden in published["hidden"]
+        budget = resolve_run_config(name, "tiny", grid="budget").search
+        assert "hidden" not in budget
+        assert {k: v for k, v in published.items() if k != "hidden"} == budget
+    for grid in ("published", "budget"):
+        assert list(resolve_run_config("cadmr_paper", "tiny", grid=grid).search) == ["pos_weight"]
+
+
 def test_global_conv_rows_match_a_full_matrix_convolution():
     """GLocal-K convolves the whole item x user matrix; gathering neighbouring rows per
     batch must give the same rows, including at the first and last item."""

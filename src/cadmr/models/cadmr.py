@@ -1085,3 +1085,4 @@ class CADMRPaper(CADMR):
     default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {
         "pos_weight": (3.0, 10.0, 30.0, 100.0, 300.0)
     }
+    budget_search: ClassVar[Mapping[str, tuple[Any, ...]] | None] = None  # the same five

@@ -181,8 +181,17 @@ class KernelAE(TorchRecommender):
     # validated for it; neither paper publishes a grid, so this is ours (docs/cadmr.md):
     # sparse catalogues select the large weight and L2 (Scientific: 100, 130), dense ones
     # the small (ml100k: 3, 13; lfm2k: 3, 13 with equal-norm rows, 10, 13 with raw rows).
-    # CADMR inherits it.
+    # The width is the first axis, so the cheap half of the grid runs first: a catalogue
+    # with many users wants it wide (Baby, 19k users: 2,000), a small one does not
+    # (Scientific, 3k users: 500). CADMR inherits both grids.
     default_search: ClassVar[Mapping[str, tuple[Any, ...]]] = {
+        "hidden": ((500, 500), (2000, 2000)),
+        "pos_weight": (3.0, 10.0, 30.0, 100.0, 300.0),
+        "lambda_2": (13.0, 130.0),
+    }
+    # the published grid at the default width: (2000, 2000) costs 2-4x per epoch and
+    # n_users x 2,000 floats per kernel weight (1.5 GB at Electronics' 192k users)
+    budget_search: ClassVar[Mapping[str, tuple[Any, ...]] | None] = {
         "pos_weight": (3.0, 10.0, 30.0, 100.0, 300.0),
         "lambda_2": (13.0, 130.0),
     }
