@@ -173,7 +173,8 @@ class Recommender(abc.ABC):
             ``run`` when the configuration sets no ``search``).
         budget_search: A smaller grid for machines where the published one does not fit:
             2-3 values of the model's main regulariser from the published grid, the rest at
-            defaults (``cadmr tune --grid budget``); None: the published grid.
+            defaults (``cadmr tune --grid budget``; kernel_ae's: its published grid at the
+            default width); None: the published grid.
         needs_features: True when the model cannot run without item features.
         scores_new_items: True when the model can rank items that have no training
             interaction (from their features); only such models train on a cold-item
