@@ -220,6 +220,9 @@ def test_cli_ablation_and_heads(experiment, tmp_path, capsys):
     out = tmp_path / experiment
     args = ["experiment", experiment, "-d", "synthetic-tiny", "--seeds", "1", "--quiet"]
     args += ["--set", "train.epochs=2", "--out", str(out), "--cache", str(tmp_path / "cache")]
+    # the tables' wiring, not the search: the budget grid (CADMR's published one adds the
+    # width, 3x the time here)
+    args += ["--grid", "budget"]
     if experiment == "heads":
         args += ["--heads", "1", "2"]
     assert main(args) == 0
