@@ -502,8 +502,8 @@ class CADMR(KernelAE):
         self._share_rows: sp.csr_matrix | None = None
         self._user_share_rows: sp.csr_matrix | None = None
         self._output_mix: sp.csr_matrix | None = None
-        # prepare_scoring's every_attention: (heads, I, k) probabilities, (I, k) candidates
-        self._attended: tuple[torch.Tensor, torch.Tensor] | None = None
+        # prepare_scoring's every_attention: (heads, I, k) over each item's candidates
+        self._attended: torch.Tensor | None = None
 
     @property
     def rated_attention(self) -> bool:
@@ -855,9 +855,9 @@ class CADMR(KernelAE):
                 self._fused = self.fuse(self.modality_codes())
             attended = None
             if self._attended is not None and not corrupt:  # prepare_scoring's, sliced
-                a, candidates = self._attended
+                assert self.candidates is not None
                 index = self.tensor(np.asarray(items, dtype=np.int64))
-                attended = (a[:, index], candidates[index])
+                attended = (self._attended[:, index], self.candidates[index])
             return self.refine(items, self._fused, corrupt, attended=attended)
         return super().input_rows(items, corrupt)
 
@@ -866,35 +866,33 @@ class CADMR(KernelAE):
         self._fused = self._attended = self._output_mix = None
         if self.phase == "finetune":
             self._fused = self.fuse(self.modality_codes())
-            if self.candidates is not None and (self.params.neighbour_input or self.output_path):
+            if self.candidates is not None:
                 # once for both readers: the refined input rows and the output path
                 self._attended = self.every_attention(self._fused)
         super().prepare_scoring()
-        if self.output_path and self.phase == "finetune":
-            self._output_mix = self.output_mix(self._fused)
+        if self._attended is not None and self.output_path:
+            self._output_mix = self.output_mix(self._attended)
 
     @torch.no_grad()
-    def every_attention(self, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every item's rating-valued attention over its candidates, queried with its
-        uncorrupted training row, in blocks: (probabilities (heads, I, k), candidates
-        (I, k))."""
-        assert self.candidates is not None
+    def every_attention(self, fused: torch.Tensor) -> torch.Tensor:
+        """Every item's rating-valued attention probabilities over its ``candidates``,
+        queried with its uncorrupted training row, in blocks: (heads, I, k)."""
         step = self.scoring_block
         blocks = []
         for start in range(0, self.n_items, step):
             items = np.arange(start, min(start + step, self.n_items))
             blocks.append(self._rated_attention(items, self.query_rows[items], fused)[0])
-        return torch.cat(blocks, dim=1), self.candidates
+        return torch.cat(blocks, dim=1)
 
     @torch.no_grad()
-    def output_mix(self, fused: torch.Tensor) -> sp.csr_matrix:
+    def output_mix(self, attended: torch.Tensor) -> sp.csr_matrix:
         """(n_items, n_items) weights M of the output path: score(u, i) gains
         sum_j M_ij R_uj / n_u; row i holds W x item i's attention over its candidates (the
-        heads' mean, ``every_attention``); with ``neighbour_reverse``, (M + M^T) / 2."""
-        attended = self._attended if self._attended is not None else self.every_attention(fused)
-        a, candidates = attended
-        w = torch.einsum("h,hik->ik", self.output_weights, a).cpu().numpy()
-        c = candidates.cpu().numpy()
+        heads' mean of ``attended``, ``every_attention``'s (heads, I, k)); with
+        ``neighbour_reverse``, (M + M^T) / 2."""
+        assert self.candidates is not None
+        w = torch.einsum("h,hik->ik", self.output_weights, attended).cpu().numpy()
+        c = self.candidates.cpu().numpy()
         rows = np.repeat(np.arange(self.n_items), c.shape[1])
         mix = sp.csr_matrix((w.ravel(), (rows, c.ravel())), shape=(self.n_items, self.n_items))
         return mix if self._reverse is None else sp.csr_matrix((mix + mix.T) * 0.5)
